@@ -1,0 +1,55 @@
+# ovml: `make demo` runs the main job, `make test` the test suite. Both create or
+# reuse the environment themselves (uv; dvc as an isolated uv tool).
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+UV    := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+DVC_VERSION := 3.67.1
+DVC   := $(shell uv tool dir --bin 2>/dev/null || echo $(HOME)/.local/bin)/dvc
+export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.local/bin:$(PATH)
+
+.PHONY: setup demo test lint format dvc-tool dvc-repro dvc-yaml ui bench clean
+
+setup: $(VENV)/.installed
+
+$(UV):
+	@echo "uv not found: installing it with pip"
+	python3 -m pip install --user --quiet uv || python3 -m pip install --quiet uv
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --extra dev --python 3.11
+	@touch $@
+
+dvc-tool: | $(UV)
+	@$(DVC) --version 2>/dev/null | grep -qx '$(DVC_VERSION)' || $(UV) tool install --quiet dvc==$(DVC_VERSION)
+
+demo: setup
+	$(VENV)/bin/ovml demo
+
+test: setup dvc-tool
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check pipelines dagster_project tests bench
+	$(VENV)/bin/ruff format --check pipelines dagster_project tests bench
+
+format: setup
+	$(VENV)/bin/ruff format pipelines dagster_project tests bench
+	$(VENV)/bin/ruff check --fix pipelines dagster_project tests bench
+
+dvc-yaml: setup
+	$(VENV)/bin/ovml dvc-yaml
+
+dvc-repro: setup dvc-tool
+	@test -d .dvc || $(DVC) init --quiet
+	$(DVC) repro
+
+ui: setup
+	$(VENV)/bin/ovml ui
+
+bench: setup
+	$(PY) bench/bench_metrics.py --quick
+	$(PY) bench/bench_train.py
+
+clean:
+	rm -rf data models features results mlflow.db mlartifacts .dagster_home

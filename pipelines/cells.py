@@ -1,0 +1,283 @@
+"""Stage implementations: what each node of the graph (pipelines/graph.py) computes.
+
+These functions are the only place where datasets, backbones, features, methods,
+evaluation and tracking meet. The CLI, the DVC stages and the Dagster assets all call
+:func:`run_stage`, so the three views compute the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+
+from pipelines.config import Params, method_class
+from pipelines.data.images import open_images
+from pipelines.data.prepared import PreparedDataset
+from pipelines.evaluate import evaluate_scores
+from pipelines.graph import Stage
+from pipelines.io import atomic_path, load_npz, save_npz, write_json
+from pipelines.methods.base import CellContext
+from pipelines.tracking import mlflow_run
+from pipelines.vlp.backbone import Backbone, create_backbone, resolve_device
+from pipelines.vlp.features import extract_features, load_features
+
+log = logging.getLogger(__name__)
+
+
+def setup_torch(params: Params) -> None:
+    if params.num_threads > 0:
+        torch.set_num_threads(params.num_threads)
+
+
+# ----------------------------------------------------------------------------- dataset
+def build_dataset(params: Params, dataset: str, *, progress: bool = True) -> Path:
+    cfg = params.datasets[dataset]
+    out = params.path("data") / dataset
+    if cfg.source == "toyworld":
+        from pipelines.data import toyworld
+
+        toyworld.generate(toyworld.ToyworldOptions(**cfg.options), out, progress=progress)
+        return out
+    if cfg.release_dir is None:
+        raise ValueError(
+            f"datasets.{dataset}.release_dir is not set: point it at the official {cfg.source} "
+            "release (see README, 'Real datasets')"
+        )
+    from pipelines.data import prepare_dataset
+
+    prepare_dataset(cfg.source, Path(cfg.release_dir), out, **cfg.options)
+    return out
+
+
+# ---------------------------------------------------------------------------- backbone
+def backbone_weights(params: Params, backbone: str) -> str:
+    cfg = params.backbones[backbone]
+    if cfg.weights == "pretrain":
+        return f"dir:{params.path('models') / backbone}"
+    if cfg.weights.startswith("file:"):
+        path = Path(cfg.weights.removeprefix("file:"))
+        return f"file:{path if path.is_absolute() else params.root / path}"
+    return cfg.weights
+
+
+def load_backbone(params: Params, backbone: str) -> Backbone:
+    cfg = params.backbones[backbone]
+    return create_backbone(
+        cfg.model,
+        backbone_weights(params, backbone),
+        device=resolve_device(params.device),
+        precision=cfg.precision,
+        name=backbone,
+    )
+
+
+def pretrain_backbone(params: Params, backbone: str, *, progress: bool = True) -> Path:
+    from pipelines.data import toyworld
+    from pipelines.vlp.pretrain import pretrain_clip
+
+    cfg = params.backbones[backbone]
+    assert cfg.pretrain is not None
+    root = params.path("data") / cfg.pretrain.dataset
+    out = params.path("models") / backbone
+    images = toyworld.load_images(root, "pretrain", mmap=False)
+    captions = toyworld.load_captions(root)
+    with mlflow_run(
+        params,
+        "backbones",
+        backbone,
+        tags={"backbone": backbone, "stage": "pretrain"},
+        run_params=cfg.model_dump(mode="json"),
+    ) as tracker:
+        res = pretrain_clip(
+            cfg.model,
+            images,
+            captions,
+            out,
+            epochs=cfg.pretrain.epochs,
+            batch_size=cfg.pretrain.batch_size,
+            lr=cfg.pretrain.lr,
+            weight_decay=cfg.pretrain.weight_decay,
+            warmup_steps=cfg.pretrain.warmup_steps,
+            seed=params.seed,
+            device=str(resolve_device(params.device)),
+            progress=progress,
+            on_epoch=lambda epoch, loss: tracker.log_metrics({"pretrain_loss": loss}, step=epoch),
+        )
+        tracker.log_metrics({"pretrain_seconds": res.seconds})
+    return out
+
+
+# ---------------------------------------------------------------------------- features
+def build_features(params: Params, dataset: str, backbone: str, *, progress: bool = True) -> Path:
+    data_dir = params.path("data") / dataset
+    ds = PreparedDataset.load(data_dir)
+    bb = load_backbone(params, backbone)
+    out = params.path("features") / dataset / backbone
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        for split, sp in ds.splits.items():
+            source = open_images(data_dir, split, sp.image_ids, params.datasets[dataset].images)
+            extract_features(
+                bb,
+                source,
+                tmp / split,
+                batch_size=params.backbones[backbone].batch_size,
+                progress=progress,
+                desc=f"features {dataset}/{split}",
+            )
+    return out
+
+
+# -------------------------------------------------------------------------------- cell
+def cell_dir(params: Params, dataset: str, variant: str) -> Path:
+    return params.path("results") / "cells" / dataset / variant
+
+
+def make_context(
+    params: Params,
+    dataset: str,
+    variant: str,
+    workdir: Path,
+    *,
+    progress: bool = True,
+    log_metrics=None,
+) -> CellContext:
+    data_dir = params.path("data") / dataset
+    ds = PreparedDataset.load(data_dir)
+    bb = params.backbone_for(dataset, variant)
+    feat_dir = params.path("features") / dataset / bb
+    images_root = params.datasets[dataset].images
+    return CellContext(
+        dataset=dataset,
+        variant=variant,
+        label_space=ds.label_space,
+        train_labels=ds.splits["train"].labels,
+        test_labels=ds.splits["test"].labels,
+        backbone_name=bb,
+        device=resolve_device(params.device),
+        seed=params.seed,
+        workdir=workdir,
+        load_backbone=lambda: load_backbone(params, bb),
+        load_features=lambda split: load_features(feat_dir / split),
+        open_images=lambda split: open_images(
+            data_dir, split, ds.splits[split].image_ids, images_root
+        ),
+        log_metrics=log_metrics or (lambda metrics, step: None),
+        progress=progress,
+    )
+
+
+def run_cell(
+    params: Params, dataset: str, variant: str, *, progress: bool = True
+) -> dict[str, Any]:
+    """Train (if the method trains) and evaluate one cell; write its folder atomically."""
+    var = params.variants[variant]
+    config = params.method_config(variant)
+    method = method_class(var.method)(config)
+    out = cell_dir(params, dataset, variant)
+    work = params.path("results") / ".work" / dataset / variant  # checkpoints survive a kill
+    work.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(params.seed)
+    np.random.seed(params.seed)
+    backbone = params.backbone_for(dataset, variant)
+    run_params = {
+        "dataset": dataset,
+        "variant": variant,
+        "method": var.method,
+        "backbone": backbone,
+        "seed": params.seed,
+        "config": config.model_dump(mode="json"),
+        "eval": params.datasets[dataset].eval.model_dump(mode="json"),
+    }
+    tags = {"dataset": dataset, "variant": variant, "method": var.method, "backbone": backbone}
+    with mlflow_run(
+        params, f"ovml/{dataset}", variant, tags=tags, run_params=run_params
+    ) as tracker:
+        ctx = make_context(
+            params, dataset, variant, work, progress=progress, log_metrics=tracker.log_metrics
+        )
+        t0 = time.time()
+        fit_summary = method.fit(ctx)
+        t1 = time.time()
+        scores = np.asarray(method.predict(ctx), dtype=np.float32)
+        t2 = time.time()
+        expected = (len(ctx.test_labels), ctx.n_labels)
+        if scores.shape != expected:
+            raise ValueError(f"{var.method}.predict returned {scores.shape}, expected {expected}")
+        if not np.isfinite(scores).all():
+            raise ValueError(f"{var.method}.predict returned non-finite scores")
+        metrics = evaluate_scores(
+            scores, ctx.test_labels, ctx.n_seen, params.datasets[dataset].eval
+        )
+        metrics["meta"].update(
+            {
+                "dataset": dataset,
+                "variant": variant,
+                "method": var.method,
+                "backbone": backbone,
+                "config": config.model_dump(mode="json"),
+                "seconds_fit": round(t1 - t0, 2),
+                "seconds_predict": round(t2 - t1, 2),
+                "fit": fit_summary,
+                "mlflow_run_id": tracker.run_id,
+                "n_seen": ctx.n_seen,
+                "n_unseen": ctx.n_labels - ctx.n_seen,
+                "n_train_images": int(len(ctx.train_labels)),
+                "n_test_images": int(len(ctx.test_labels)),
+            }
+        )
+        with atomic_path(out) as tmp:
+            tmp.mkdir(parents=True)
+            save_npz(
+                tmp / "scores.npz",
+                scores=scores,
+                image_ids=np.asarray(
+                    PreparedDataset.load(params.path("data") / dataset).splits["test"].image_ids,
+                    dtype=str,
+                ),
+            )
+            state = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
+            if state:
+                save_file(state, str(tmp / "model.safetensors"))
+            write_json(tmp / "metrics.json", metrics)
+        flat = {
+            f"{task}_{k}": v for task in ("zsl", "gzsl") for k, v in metrics.get(task, {}).items()
+        }
+        tracker.log_metrics({k.replace("@", "_at_"): v for k, v in flat.items()})
+        tracker.log_artifact(out / "metrics.json")
+    return metrics
+
+
+def load_cell_metrics(params: Params, dataset: str, variant: str) -> dict[str, Any] | None:
+    path = cell_dir(params, dataset, variant) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_cell_scores(params: Params, dataset: str, variant: str) -> np.ndarray:
+    return load_npz(cell_dir(params, dataset, variant) / "scores.npz")["scores"]
+
+
+# ------------------------------------------------------------------------------- stage
+def run_stage(params: Params, stage: Stage, *, progress: bool = True) -> Any:
+    """Compute one graph stage (the single entry point of CLI, DVC and Dagster)."""
+    setup_torch(params)
+    if stage.kind == "dataset":
+        return build_dataset(params, *stage.key, progress=progress)
+    if stage.kind == "backbone":
+        return pretrain_backbone(params, *stage.key, progress=progress)
+    if stage.kind == "features":
+        return build_features(params, *stage.key, progress=progress)
+    if stage.kind == "cell":
+        return run_cell(params, *stage.key, progress=progress)
+    if stage.kind == "table":
+        from pipelines.tables import render_table
+
+        return render_table(params, *stage.key)
+    raise ValueError(f"unknown stage kind {stage.kind!r}")

@@ -1,0 +1,321 @@
+"""ovml: the command line. Every command reads params.yaml (or --params FILE).
+
+ovml demo                   the main job: every demo table on toyworld, printed
+ovml run DATASET VARIANT    one cell (and whatever it needs)
+ovml table NAME             one table (and its cells)
+ovml ui                     Dagster + MLflow UIs on localhost
+ovml list                   datasets, variants, tables and which cells are fresh
+ovml dvc-yaml [--check]     write (or check) dvc.yaml from params.yaml
+ovml stage KIND KEY...      run exactly one stage (what dvc.yaml calls)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.config import DEFAULT_PARAMS, ConfigError, Params, load_params
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+console = Console(stderr=True)
+out = Console()
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file", exists=False)]
+
+
+def _params(path: Path) -> Params:
+    try:
+        return load_params(path)
+    except ConfigError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _run(params: Params, targets: list[str], force: bool = False) -> list[str]:
+    from pipelines.cells import run_stage
+    from pipelines.graph import run_stages
+
+    def event(name: str, what: str) -> None:
+        if what == "fresh":
+            console.print(f"[dim]✓ {name} (up to date)[/dim]")
+        else:
+            console.print(f"[bold cyan]▶ {name}[/bold cyan]")
+
+    t0 = time.time()
+    try:
+        ran = run_stages(
+            params, targets, lambda p, st: run_stage(p, st), force=force, on_event=event
+        )
+    except (ConfigError, FileNotFoundError, ValueError, KeyError) as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(1) from None
+    console.print(f"[green]done[/green] in {time.time() - t0:.1f}s: {len(ran)} stage(s) ran")
+    return ran
+
+
+def _print_table(params: Params, name: str) -> None:
+    from pipelines.tables import table_rows
+
+    columns, rows, missing = table_rows(params, name)
+    tab = Table(title=params.tables[name].title, title_justify="left")
+    for col in ("Method", "Task", *columns):
+        tab.add_column(col, justify="right" if col in columns else "left")
+    for r in rows:
+        vals = []
+        for m in columns:
+            v = r.get(m)
+            p = r.get(f"{m} (paper)")
+            s = "—" if v is None else f"{v:.1f}"
+            vals.append(s + (f" [dim]({p:.1f})[/dim]" if p is not None else ""))
+        prefix = (
+            r["variant"]
+            if len(params.tables[name].datasets) == 1
+            else f"{r['dataset']}/{r['variant']}"
+        )
+        tab.add_row(prefix, r["task"], *vals)
+    out.print(tab)
+    folder = params.path("results") / "tables" / name
+    out.print(f"[dim]files: {folder}/table.md, table.csv, mAP.png[/dim]")
+    if missing:
+        out.print(f"[yellow]missing cells:[/yellow] {', '.join(missing)}")
+
+
+@app.command()
+def demo(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    force: Annotated[bool, typer.Option(help="recompute even fresh stages")] = False,
+) -> None:
+    """The main job: build toyworld, pre-train the tiny CLIP, run every demo table's cells."""
+    p = _params(params)
+    if not p.demo_tables:
+        console.print("[red]error:[/red] params has no demo_tables")
+        raise typer.Exit(2)
+    _run(p, [f"table@{t}" for t in p.demo_tables], force=force)
+    for t in p.demo_tables:
+        _print_table(p, t)
+
+
+@app.command()
+def run(
+    dataset: str,
+    variant: str,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    force: Annotated[bool, typer.Option(help="recompute the cell even if fresh")] = False,
+) -> None:
+    """Compute one cell (DATASET, VARIANT) and whatever it needs; print its metrics."""
+    p = _params(params)
+    for what, name, known in (("dataset", dataset, p.datasets), ("variant", variant, p.variants)):
+        if name not in known:
+            console.print(f"[red]error:[/red] unknown {what} {name!r} (known: {', '.join(known)})")
+            raise typer.Exit(2)
+    name = f"cell@{dataset}@{variant}"
+    if (dataset, variant) not in p.cells:
+        console.print(
+            f"[yellow]note:[/yellow] ({dataset}, {variant}) is in no table; running it anyway"
+        )
+        _run_extra_cell(p, dataset, variant, force)
+    else:
+        if force:
+            _force_one(p, name)
+        _run(p, [name])
+    from pipelines.cells import load_cell_metrics
+
+    metrics = load_cell_metrics(p, dataset, variant) or {}
+    tab = Table(title=f"{dataset} / {variant}")
+    keys = [k for k in metrics.get("gzsl", {})]
+    tab.add_column("Task")
+    for k in keys:
+        tab.add_column(k, justify="right")
+    for task in ("zsl", "gzsl"):
+        if task in metrics:
+            tab.add_row(task.upper(), *[f"{metrics[task].get(k, float('nan')):.1f}" for k in keys])
+    out.print(tab)
+
+
+def _force_one(p: Params, name: str) -> None:
+    from pipelines.graph import STAMP, build_graph
+
+    stamp = p.root / build_graph(p)[name].out / STAMP
+    stamp.unlink(missing_ok=True)
+
+
+def _run_extra_cell(p: Params, dataset: str, variant: str, force: bool) -> None:
+    from pipelines.config import TableConfig
+
+    extra = p.model_copy(
+        update={
+            "tables": {
+                **p.tables,
+                "_adhoc": TableConfig(title="ad hoc", datasets=[dataset], rows=[variant]),
+            }
+        }
+    )
+    extra.__dict__.pop("cells", None)
+    if force:
+        _force_one(extra, f"cell@{dataset}@{variant}")
+    _run(extra, [f"cell@{dataset}@{variant}"])
+
+
+@app.command()
+def table(
+    name: str,
+    params: ParamsOpt = DEFAULT_PARAMS,
+    force: Annotated[bool, typer.Option(help="recompute even fresh stages")] = False,
+) -> None:
+    """Compute a table (and its cells) and print it."""
+    p = _params(params)
+    if name not in p.tables:
+        console.print(f"[red]error:[/red] unknown table {name!r} (known: {', '.join(p.tables)})")
+        raise typer.Exit(2)
+    _run(p, [f"table@{name}"], force=force)
+    _print_table(p, name)
+
+
+@app.command("list")
+def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Datasets, variants, tables, and whether each stage is up to date."""
+    from pipelines.graph import build_graph, is_fresh
+
+    p = _params(params)
+    graph = build_graph(p)
+    tab = Table(title="stages")
+    tab.add_column("stage")
+    tab.add_column("state")
+    tab.add_column("output")
+    for name, st in graph.items():
+        tab.add_row(
+            name,
+            "[green]fresh[/green]" if is_fresh(p, graph, name) else "[yellow]stale[/yellow]",
+            st.out,
+        )
+    out.print(tab)
+    out.print("variants: " + ", ".join(f"{v} ({c.method})" for v, c in p.variants.items()))
+
+
+@app.command()
+def stage(kind: str, key: list[str], params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Run exactly one stage, without its upstream (dvc.yaml's commands)."""
+    from pipelines.cells import run_stage
+    from pipelines.graph import build_graph, write_stamp
+
+    p = _params(params)
+    graph = build_graph(p)
+    name = "@".join([kind, *key])
+    if name not in graph:
+        console.print(f"[red]error:[/red] no stage {name!r} (see `ovml list`)")
+        raise typer.Exit(2)
+    run_stage(p, graph[name])
+    write_stamp(p, graph, name)
+
+
+@app.command("dvc-yaml")
+def dvc_yaml_cmd(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    check: Annotated[bool, typer.Option(help="exit 1 if dvc.yaml is out of date")] = False,
+    output: Annotated[Path | None, typer.Option(help="where to write")] = None,
+) -> None:
+    """Write dvc.yaml from params.yaml (or check that it is in step)."""
+    from pipelines.graph import dvc_yaml
+    from pipelines.io import write_text
+
+    p = _params(params)
+    target = output or p.root / "dvc.yaml"
+    text = dvc_yaml(
+        p, params.name if params.resolve().parent == target.resolve().parent else str(params)
+    )
+    if check:
+        current = target.read_text() if target.exists() else ""
+        if current != text:
+            console.print(f"[red]{target} is out of date[/red]: run `ovml dvc-yaml`")
+            raise typer.Exit(1)
+        console.print(f"{target} is in step with {params}")
+        return
+    write_text(target, text)
+    console.print(f"wrote {target}")
+
+
+@app.command()
+def ui(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    dagster_port: int = 3000,
+    mlflow_port: int = 5000,
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+) -> None:
+    """Start the Dagster UI and the MLflow UI on localhost; Ctrl-C stops both."""
+    p = _params(params)
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "OVML_PARAMS": str(params.resolve())}
+    env.setdefault("DAGSTER_HOME", str(p.root / ".dagster_home"))
+    Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    procs = [
+        subprocess.Popen(
+            [
+                str(bin_dir / "dagster"),
+                "dev",
+                "-m",
+                "dagster_project.definitions",
+                "-h",
+                host,
+                "-p",
+                str(dagster_port),
+            ],
+            cwd=p.root,
+            env=env,
+            start_new_session=True,
+        ),
+        subprocess.Popen(
+            [
+                str(bin_dir / "mlflow"),
+                "ui",
+                "--backend-store-uri",
+                p.tracking_uri(),
+                "--host",
+                host,
+                "--port",
+                str(mlflow_port),
+            ],
+            cwd=p.root,
+            env=env,
+            start_new_session=True,
+        ),
+    ]
+    out.print(
+        f"Dagster UI: http://{host}:{dagster_port}\nMLflow UI:  http://{host}:{mlflow_port}\nCtrl-C to stop."
+    )
+    try:
+        while all(pr.poll() is None for pr in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for pr in procs:
+            if pr.poll() is None:
+                os.killpg(pr.pid, signal.SIGINT)
+        for pr in procs:
+            try:
+                pr.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(pr.pid, signal.SIGKILL)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

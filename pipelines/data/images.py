@@ -1,0 +1,103 @@
+"""Where a prepared dataset's pixels come from, behind one small interface.
+
+- toyworld: ``images_<split>.npy`` arrays (uint8, N x H x W x 3), memory-mapped;
+- real datasets: a folder of image files keyed by image_id (``<root>/<image_id>``), or
+  the webdataset shards written by the downloader (see pipelines/data/download.py).
+
+``batches`` yields uint8 arrays resized to a square of the backbone's input size, so the
+feature extractor and end-to-end training read every source the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+
+class ImageSource(Protocol):
+    image_ids: np.ndarray
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: Sequence[int], size: int) -> np.ndarray:
+        """uint8 (len(indices), size, size, 3)."""
+        ...
+
+
+def _square(img: Image.Image, size: int) -> np.ndarray:
+    """Resize the short side to ``size`` and centre-crop (CLIP's eval preprocessing)."""
+    img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+class NpyImages:
+    """toyworld's arrays; images are returned at their stored size (the backbone resizes)."""
+
+    def __init__(self, path: Path, image_ids: np.ndarray):
+        self.array = np.load(path, mmap_mode="r")
+        if len(self.array) != len(image_ids):
+            raise ValueError(f"{path}: {len(self.array)} images but {len(image_ids)} image ids")
+        self.image_ids = image_ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def get(self, indices: Sequence[int], size: int) -> np.ndarray:
+        return np.asarray(self.array[np.asarray(indices)])
+
+
+class FolderImages:
+    """Image files under a root folder, addressed by image_id (a relative path)."""
+
+    def __init__(self, root: Path, image_ids: np.ndarray):
+        self.root = Path(root).resolve()
+        self.image_ids = image_ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def _path(self, image_id: str) -> Path:
+        path = (self.root / image_id).resolve()
+        if not path.is_relative_to(self.root):
+            raise ValueError(f"image id {image_id!r} escapes the image folder {self.root}")
+        return path
+
+    def get(self, indices: Sequence[int], size: int) -> np.ndarray:
+        out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+        for k, i in enumerate(indices):
+            with Image.open(self._path(str(self.image_ids[i]))) as img:
+                out[k] = _square(img, size)
+        return out
+
+
+def batches(
+    source: ImageSource, batch_size: int, size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield (indices, uint8 images) in order."""
+    for start in range(0, len(source), batch_size):
+        idx = np.arange(start, min(start + batch_size, len(source)))
+        yield idx, source.get(idx, size)
+
+
+def open_images(
+    dataset_dir: Path, split: str, image_ids: np.ndarray, images_root: str | None
+) -> ImageSource:
+    """The image source of a prepared dataset split."""
+    npy = Path(dataset_dir) / f"images_{split}.npy"
+    if npy.exists():
+        return NpyImages(npy, image_ids)
+    if images_root is None:
+        raise FileNotFoundError(
+            f"{dataset_dir}: no images_{split}.npy and no `images:` folder configured for this "
+            "dataset in params.yaml (download the images with `ovml data download` first)"
+        )
+    return FolderImages(Path(images_root), image_ids)

@@ -1,0 +1,148 @@
+"""The prepared-dataset contract every dataset module writes and every later stage reads.
+
+A prepared dataset is a directory::
+
+    labels.json        {"dataset": str, "seen": [{"id", "name"}...], "unseen": [...], ...}
+    train.npz          image_ids (unicode array), labels (int8, N x (S+U))
+    test.npz           idem
+    manifest.parquet   image_id, url, md5 (nullable; hex or base64 as published), split
+    meta.json          counts, conventions (which images were dropped and why), sources
+
+Labels follow DESIGN.md: +1 positive, -1 negative, 0 unknown; columns are the seen labels
+first, then the unseen ones. Training rows carry 0 (unknown) in every unseen column.
+Label ``id`` is the stable key (Open Images MID, NUS-WIDE tag, COCO category id as a
+string); ``name`` is the display name used to build prompts and may repeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines.io import atomic_path, load_npz, read_json, save_npz, write_json
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Label:
+    id: str
+    name: str
+
+
+@dataclass
+class LabelSpace:
+    """Seen and unseen labels, in GZSL column order (seen first)."""
+
+    seen: list[Label]
+    unseen: list[Label]
+
+    @property
+    def all(self) -> list[Label]:
+        return [*self.seen, *self.unseen]
+
+    @property
+    def n_seen(self) -> int:
+        return len(self.seen)
+
+    @property
+    def n_unseen(self) -> int:
+        return len(self.unseen)
+
+    def names(self) -> list[str]:
+        return [lab.name for lab in self.all]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seen": [vars(lab) for lab in self.seen],
+            "unseen": [vars(lab) for lab in self.unseen],
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LabelSpace:
+        return cls(
+            seen=[Label(**d) for d in obj["seen"]], unseen=[Label(**d) for d in obj["unseen"]]
+        )
+
+
+@dataclass
+class Split:
+    image_ids: np.ndarray  # unicode array (N,)
+    labels: np.ndarray  # int8 (N, S+U)
+
+    def __post_init__(self) -> None:
+        if self.labels.dtype != np.int8:
+            raise TypeError(f"labels must be int8, got {self.labels.dtype}")
+        if self.labels.ndim != 2 or len(self.image_ids) != self.labels.shape[0]:
+            raise ValueError(
+                f"labels shape {self.labels.shape} does not match {len(self.image_ids)} image ids"
+            )
+        bad = ~np.isin(self.labels, (-1, 0, 1))
+        if bad.any():
+            raise ValueError("labels must only contain -1, 0 and +1")
+
+
+@dataclass
+class PreparedDataset:
+    name: str
+    label_space: LabelSpace
+    splits: dict[str, Split]
+    manifest: Any = None  # polars.DataFrame (image_id, url, md5, split) or None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, root: str | Path) -> Path:
+        """Write atomically: the directory appears complete or not at all."""
+        root = Path(root)
+        C = self.label_space.n_seen + self.label_space.n_unseen
+        with atomic_path(root) as tmp:
+            tmp.mkdir(parents=True)
+            write_json(tmp / "labels.json", {"dataset": self.name, **self.label_space.to_json()})
+            for split_name, split in self.splits.items():
+                if split.labels.shape[1] != C:
+                    raise ValueError(
+                        f"{split_name}: {split.labels.shape[1]} label columns, label space has {C}"
+                    )
+                save_npz(
+                    tmp / f"{split_name}.npz",
+                    image_ids=np.asarray(split.image_ids, dtype=str),
+                    labels=split.labels,
+                )
+            if self.manifest is not None:
+                self.manifest.write_parquet(tmp / "manifest.parquet")
+            counts = {s: int(len(sp.image_ids)) for s, sp in self.splits.items()}
+            write_json(
+                tmp / "meta.json",
+                {
+                    "dataset": self.name,
+                    "n_seen": self.label_space.n_seen,
+                    "n_unseen": self.label_space.n_unseen,
+                    "counts": counts,
+                    **self.meta,
+                },
+            )
+        return root
+
+    @classmethod
+    def load(cls, root: str | Path) -> PreparedDataset:
+        root = Path(root)
+        if not (root / "labels.json").exists():
+            raise FileNotFoundError(
+                f"{root} is not a prepared dataset (no labels.json); run `ovml data prepare` first"
+            )
+        lab = read_json(root / "labels.json")
+        splits = {}
+        for split_name in SPLITS:
+            path = root / f"{split_name}.npz"
+            if path.exists():
+                arrays = load_npz(path)
+                splits[split_name] = Split(arrays["image_ids"], arrays["labels"])
+        manifest = None
+        if (root / "manifest.parquet").exists():
+            import polars as pl
+
+            manifest = pl.read_parquet(root / "manifest.parquet")
+        meta = read_json(root / "meta.json") if (root / "meta.json").exists() else {}
+        return cls(lab["dataset"], LabelSpace.from_json(lab), splits, manifest, meta)

@@ -1,0 +1,66 @@
+"""Turn a cell's test scores into the metrics.json of DESIGN.md.
+
+ZSL = the unseen columns only; GZSL = seen + unseen. mAP and P/R/F1@K in percent, with
+the options that change numbers (zero-positive classes, kept images, mAP variant)
+recorded next to them in ``meta.eval``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pipelines.config import EvalConfig
+from pipelines.metrics import evaluate_block
+
+
+def _is_metric(key: str) -> bool:
+    return key == "mAP" or key.startswith("mAP_") or "@" in key
+
+
+def task_columns(n_seen: int, n_labels: int) -> dict[str, slice]:
+    return {"zsl": slice(n_seen, n_labels), "gzsl": slice(0, n_labels)}
+
+
+def evaluate_scores(
+    scores: np.ndarray, labels: np.ndarray, n_seen: int, cfg: EvalConfig
+) -> dict[str, Any]:
+    """{"zsl": {...}, "gzsl": {...}, "meta": {"eval": ...}} for one cell."""
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in shape")
+    out: dict[str, Any] = {}
+    counts: dict[str, Any] = {}
+    for task, cols in task_columns(n_seen, labels.shape[1]).items():
+        block_scores, block_labels = scores[:, cols], labels[:, cols]
+        if block_labels.shape[1] == 0:
+            continue
+        res = evaluate_block(
+            block_scores,
+            block_labels,
+            cfg.top_k,
+            map_variant=cfg.map_variant,
+            zero_positive=cfg.zero_positive,
+            keep_images=cfg.keep_images,
+        )
+        for extra in cfg.extra_map_variants:
+            if extra != cfg.map_variant:
+                res_extra = evaluate_block(
+                    block_scores,
+                    block_labels,
+                    [],
+                    map_variant=extra,
+                    zero_positive=cfg.zero_positive,
+                    keep_images=cfg.keep_images,
+                )
+                res[f"mAP_{'biam' if extra == 'biam_pooled' else extra}"] = res_extra["mAP"]
+        out[task] = {k: round(float(v), 4) for k, v in res.items() if _is_metric(k)}
+        has_pos = (block_labels == 1).any(axis=1)
+        counts[task] = {
+            "images": int(block_labels.shape[0]),
+            "images_with_positive": int(has_pos.sum()),
+            "classes": int(block_labels.shape[1]),
+            "classes_without_positive": int((~(block_labels == 1).any(axis=0)).sum()),
+        }
+    out["meta"] = {"eval": cfg.model_dump(mode="json"), "counts": counts}
+    return out

@@ -1,0 +1,106 @@
+"""The Method protocol and the context a cell hands to a method.
+
+A method sees a :class:`CellContext`: the label space (seen columns first), train labels
+(seen columns only; unseen columns are 0 = unknown), lazily loaded frozen-backbone
+features for each split, the backbone itself (for text embeddings, prompt tuning or
+end-to-end training), the image source (end-to-end mode), a device, a seed, a work
+directory for checkpoints and a ``log_metrics`` callback (MLflow when enabled).
+
+It returns test scores (N_test, S+U) float32. Metrics are computed from the scores by
+pipelines/evaluate.py, so a metric change never retrains a method.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from pipelines.data.images import ImageSource
+from pipelines.data.prepared import LabelSpace
+from pipelines.vlp.backbone import Backbone
+from pipelines.vlp.features import Features
+from pipelines.vlp.prompts import PromptKind, label_embeddings
+
+
+class MethodConfig(BaseModel):
+    """Base for every method's typed config: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class CellContext:
+    dataset: str
+    variant: str
+    label_space: LabelSpace
+    train_labels: np.ndarray
+    test_labels: np.ndarray
+    backbone_name: str
+    device: torch.device
+    seed: int
+    workdir: Path
+    load_backbone: Callable[[], Backbone]
+    load_features: Callable[[str], Features]
+    open_images: Callable[[str], ImageSource]
+    log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
+    progress: bool = True
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # ------------------------------------------------------------------ lazy views
+    @property
+    def backbone(self) -> Backbone:
+        if "backbone" not in self._cache:
+            self._cache["backbone"] = self.load_backbone()
+        return self._cache["backbone"]
+
+    def features(self, split: str) -> Features:
+        key = f"features:{split}"
+        if key not in self._cache:
+            self._cache[key] = self.load_features(split)
+        return self._cache[key]
+
+    def label_embeddings(self, prompts: PromptKind = "pool") -> torch.Tensor:
+        """(S+U, D) frozen text embeddings of every label, seen first (QKS Eq. 2)."""
+        key = f"labels:{prompts}"
+        if key not in self._cache:
+            self._cache[key] = label_embeddings(self.backbone, self.label_space.names(), prompts)
+        return self._cache[key]
+
+    @property
+    def n_seen(self) -> int:
+        return self.label_space.n_seen
+
+    @property
+    def n_labels(self) -> int:
+        return self.label_space.n_seen + self.label_space.n_unseen
+
+
+class Method(ABC):
+    """A zero-shot / open-vocabulary multi-label method.
+
+    Subclasses set ``Config``; trained methods override :meth:`fit` and
+    :meth:`state_dict` (saved as safetensors in the cell folder).
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    def fit(self, ctx: CellContext) -> dict[str, Any]:
+        """Train on ``ctx`` (seen labels only). Returns a summary for metrics.json meta."""
+        return {}
+
+    @abstractmethod
+    def predict(self, ctx: CellContext) -> np.ndarray:
+        """Scores for every test image and every label, (N_test, S+U) float32."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}

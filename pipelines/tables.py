@@ -1,0 +1,164 @@
+"""Render a table: the declared cells' metrics, with published numbers beside them.
+
+Outputs in ``<results>/tables/<name>/``: table.md (what a person reads), table.csv and
+table.json (machines), mAP.png (a bar chart per task). Missing cells render as "—" and
+are listed, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Params
+from pipelines.io import atomic_path, write_json, write_text
+
+
+def default_metrics(params: Params, dataset: str) -> list[str]:
+    ks = params.datasets[dataset].eval.top_k
+    return ["mAP", *[f"{m}@{k}" for k in ks for m in ("P", "R", "F1")]]
+
+
+def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    from pipelines.cells import load_cell_metrics
+
+    tab = params.tables[name]
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    columns: list[str] = []
+    for ds in tab.datasets:
+        metrics = tab.metrics or default_metrics(params, ds)
+        for m in metrics:
+            if m not in columns:
+                columns.append(m)
+        for variant in tab.rows:
+            cell = load_cell_metrics(params, ds, variant)
+            if cell is None:
+                missing.append(f"{ds}/{variant}")
+            for task in tab.tasks:
+                row: dict[str, Any] = {"dataset": ds, "variant": variant, "task": task.upper()}
+                got = (cell or {}).get(task, {})
+                pub = tab.published.get(variant, {}).get(ds, {}).get(task, {})
+                for m in metrics:
+                    row[m] = got.get(m)
+                    row[f"{m} (paper)"] = pub.get(m)
+                if cell is not None:
+                    row["images"] = cell["meta"]["counts"].get(task, {}).get("images")
+                rows.append(row)
+    return columns, rows, missing
+
+
+def _fmt(v: Any) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
+def to_markdown(
+    params: Params, name: str, columns: list[str], rows: list[dict[str, Any]], missing: list[str]
+) -> str:
+    tab = params.tables[name]
+    has_pub = any(r.get(f"{m} (paper)") is not None for r in rows for m in columns)
+    head = ["Dataset", "Method", "Task", *columns, "Images"]
+    lines = [f"### {tab.title}", ""]
+    if tab.source:
+        lines += [f"Reproduces: {tab.source}", ""]
+    if has_pub:
+        lines += ["Cells read `reproduced (paper)`.", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        vals = []
+        for m in columns:
+            cell = _fmt(r.get(m))
+            if r.get(f"{m} (paper)") is not None:
+                cell += f" ({_fmt(r[f'{m} (paper)'])})"
+            vals.append(cell)
+        images = r.get("images")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["dataset"],
+                    r["variant"],
+                    r["task"],
+                    *vals,
+                    "—" if images is None else str(images),
+                ]
+            )
+            + " |"
+        )
+    if missing:
+        lines += ["", f"Missing cells (not yet computed): {', '.join(missing)}"]
+    ev = {ds: params.datasets[ds].eval for ds in tab.datasets}
+    notes = "; ".join(
+        f"{ds}: mAP={e.map_variant}, zero-positive classes={e.zero_positive}, "
+        f"images={e.keep_images}"
+        for ds, e in ev.items()
+    )
+    lines += ["", f"Metrics in %. Evaluation: {notes}."]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 + 2 * len(tasks), 3.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        sub = [r for r in rows if r["task"] == task]
+        labels = [
+            r["variant"]
+            if len({x["dataset"] for x in rows}) == 1
+            else f"{r['dataset']}/{r['variant']}"
+            for r in sub
+        ]
+        vals = [r.get("mAP") or 0.0 for r in sub]
+        ax.barh(labels, vals, color="tab:blue", label="reproduced")
+        pubs = [r.get("mAP (paper)") for r in sub]
+        for i, p in enumerate(pubs):
+            if p is not None:
+                ax.plot(
+                    [p, p],
+                    [i - 0.4, i + 0.4],
+                    color="tab:red",
+                    lw=2,
+                    label="paper" if i == 0 else None,
+                )
+        ax.set_title(f"{task} mAP (%)")
+        ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def render_table(params: Params, name: str) -> Path:
+    """Write the table's files atomically and log them to MLflow; return the folder."""
+    from pipelines.tracking import mlflow_run
+
+    columns, rows, missing = table_rows(params, name)
+    out = params.path("results") / "tables" / name
+    md = to_markdown(params, name, columns, rows, missing)
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        write_text(tmp / "table.md", md)
+        write_json(
+            tmp / "table.json", {"name": name, "columns": columns, "rows": rows, "missing": missing}
+        )
+        buf = io.StringIO()
+        fields = list(rows[0]) if rows else ["dataset", "variant", "task"]
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(tmp / "table.csv", buf.getvalue())
+        if rows:
+            _plot(tmp / "mAP.png", rows)
+    with mlflow_run(
+        params, "tables", name, tags={"table": name}, run_params={"table": name}
+    ) as tracker:
+        for f in sorted(out.iterdir()):
+            if not f.name.startswith("."):
+                tracker.log_artifact(f)
+    return out

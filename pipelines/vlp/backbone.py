@@ -1,0 +1,192 @@
+"""Load open_clip models and expose what the methods need.
+
+A backbone is an open_clip architecture (``ViT-B-16``, or one of ours in
+``model_configs/``) plus weights from an open_clip pretrained tag, a local checkpoint
+file, a directory written by :func:`save_open_clip_dir` (``local-dir:`` in open_clip's
+terms, what the toy pre-training produces) or nothing (random init).
+
+Outputs, all in the joint image-text space:
+- ``encode_images`` -> normalised global embedding (B, D) and patch tokens (B, P, D),
+  the patch tokens taken after ``ln_post`` and projected with the same ``proj`` as the
+  global token (the MKT / QKS convention for dense CLIP features);
+- ``encode_text`` -> normalised text embeddings (N, D).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from pipelines.io import atomic_path
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+CONFIG_FILE = "open_clip_config.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+
+
+def register_model_configs() -> None:
+    """Make our JSON architectures (e.g. ``ovml-tiny-vit``) known to open_clip."""
+    if "ovml-tiny-vit" not in open_clip.list_models():
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class Backbone:
+    """A loaded open_clip model with its tokenizer and preprocessing."""
+
+    name: str
+    model: open_clip.CLIP
+    tokenizer: open_clip.tokenizer.SimpleTokenizer
+    preprocess: object  # torchvision transform for PIL images
+    device: torch.device
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, tuple | list) else size)
+
+    @property
+    def embed_dim(self) -> int:
+        return (
+            int(self.model.text_projection.shape[1])
+            if hasattr(self.model, "text_projection") and self.model.text_projection is not None
+            else int(self.model.visual.output_dim)
+        )
+
+    @property
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        cfg = self.model.visual.preprocess_cfg
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+
+    # ----------------------------------------------------------------- images
+    def uint8_to_tensor(self, images: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> normalised float (B, 3, S, S) at the model's input size."""
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
+            x = F.interpolate(
+                x,
+                size=(self.image_size, self.image_size),
+                mode="bicubic",
+                align_corners=False,
+                antialias=True,
+            ).clamp_(0, 1)
+        mean, std = self.mean_std
+        mean_t = torch.tensor(mean, device=self.device).view(1, 3, 1, 1)
+        std_t = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
+        return (x - mean_t) / std_t
+
+    def image_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unnormalised (global (B, D), patches (B, P, D)) in the joint space; differentiable."""
+        visual = self.model.visual
+        if not isinstance(visual, open_clip.transformer.VisionTransformer):
+            raise TypeError(
+                f"{self.name}: patch tokens need a ViT image tower, got {type(visual).__name__}"
+            )
+        was = visual.output_tokens
+        visual.output_tokens = True
+        try:
+            pooled, tokens = visual(pixels)
+        finally:
+            visual.output_tokens = was
+        if visual.final_ln_after_pool:  # tokens have not been through ln_post yet
+            tokens = visual.ln_post(tokens)
+        if visual.proj is not None:
+            tokens = tokens @ visual.proj
+        return pooled, tokens
+
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled, tokens = self.image_tokens(pixels)
+        return F.normalize(pooled, dim=-1), tokens
+
+    # ------------------------------------------------------------------- text
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(texts).to(self.device)
+
+    def text_features(self, texts: list[str]) -> torch.Tensor:
+        """Unnormalised text embeddings; differentiable (used when the text tower trains)."""
+        return self.model.encode_text(self.tokenize(texts))
+
+    @torch.no_grad()
+    def encode_text(self, texts: list[str], batch_size: int = 1024) -> torch.Tensor:
+        out = [
+            F.normalize(self.text_features(texts[i : i + batch_size]), dim=-1)
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
+
+
+def create_backbone(
+    model: str,
+    weights: str = "none",
+    *,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    name: str | None = None,
+) -> Backbone:
+    """Build an open_clip model by name and load its weights.
+
+    ``weights``: ``none`` | ``open_clip:<tag>`` | ``file:<checkpoint>`` | ``dir:<path>``
+    (a folder holding open_clip_config.json + open_clip_model.safetensors).
+    """
+    register_model_configs()
+    device = torch.device(device)
+    if weights.startswith("dir:"):
+        path = Path(weights.removeprefix("dir:"))
+        if not (path / CONFIG_FILE).exists():
+            raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; was the backbone trained/saved?")
+        model_id, pretrained = f"local-dir:{path}", None
+    elif weights.startswith("open_clip:"):
+        model_id, pretrained = model, weights.removeprefix("open_clip:")
+    elif weights.startswith("file:"):
+        ckpt = Path(weights.removeprefix("file:"))
+        if not ckpt.exists():
+            raise FileNotFoundError(f"backbone checkpoint {ckpt} does not exist")
+        model_id, pretrained = model, str(ckpt)
+    elif weights == "none":
+        model_id, pretrained = model, None
+    else:
+        raise ValueError(f"unknown weights spec {weights!r}")
+    if model_id == model and model not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models()")
+    clip, _, preprocess = open_clip.create_model_and_transforms(
+        model_id, pretrained=pretrained, device=device, precision=precision, weights_only=True
+    )
+    clip.eval()
+    tokenizer = open_clip.get_tokenizer(model_id)
+    return Backbone(name or model, clip, tokenizer, preprocess, device)
+
+
+def save_open_clip_dir(
+    model: open_clip.CLIP, model_name: str, out_dir: Path, extra: dict | None = None
+) -> None:
+    """Save as a folder open_clip loads with ``local-dir:`` (config JSON + safetensors)."""
+    register_model_configs()
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        raise ValueError(f"no open_clip config for {model_name!r}")
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        pre = {
+            "mean": list(model.visual.preprocess_cfg["mean"]),
+            "std": list(model.visual.preprocess_cfg["std"]),
+        }
+        (tmp / CONFIG_FILE).write_text(
+            json.dumps({"model_cfg": cfg, "preprocess_cfg": pre, **(extra or {})}, indent=2)
+        )

@@ -1,0 +1,121 @@
+"""Contrastive pre-training of the tiny CLIP on toyworld captions (CLIP's InfoNCE loss).
+
+The result is saved as an open_clip ``local-dir`` folder (config JSON + safetensors), so
+the same :func:`pipelines.vlp.backbone.create_backbone` code path loads it as any other
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from open_clip.loss import ClipLoss
+from tqdm.auto import tqdm
+
+from pipelines.vlp.backbone import create_backbone, save_open_clip_dir
+
+
+@dataclass
+class PretrainResult:
+    losses: list[float]
+    seconds: float
+    n_images: int
+
+
+def pretrain_clip(
+    model_name: str,
+    images: np.ndarray,
+    captions: list[list[str]],
+    out_dir: Path,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+    on_epoch=None,
+) -> PretrainResult:
+    """Train ``model_name`` from scratch on (image, caption) pairs and save it to out_dir.
+
+    images: (N, H, W, 3) uint8; captions: N lists of alternative captions (one is drawn
+    per image and epoch). Augmentation: random horizontal flips.
+    """
+    if len(images) != len(captions):
+        raise ValueError(f"{len(images)} images but {len(captions)} caption lists")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    bb = create_backbone(model_name, "none", device=device)
+    model = bb.model
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [
+        p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
+    ]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+    )
+    n = len(images)
+    steps_per_epoch = max(1, n // batch_size)
+    total = epochs * steps_per_epoch
+
+    def lr_at(step: int) -> float:
+        if step < warmup_steps:
+            return lr * (step + 1) / warmup_steps
+        t = (step - warmup_steps) / max(1, total - warmup_steps)
+        return lr * 0.5 * (1 + math.cos(math.pi * t))
+
+    loss_fn = ClipLoss()
+    losses: list[float] = []
+    start = time.time()
+    step = 0
+    bar = tqdm(total=total, desc="pre-training tiny CLIP", disable=not progress)
+    for epoch in range(epochs):
+        order = rng.permutation(n)
+        epoch_loss = 0.0
+        for b in range(steps_per_epoch):
+            idx = np.sort(order[b * batch_size : (b + 1) * batch_size])
+            batch = np.asarray(images[idx])
+            flip = rng.random(len(idx)) < 0.5
+            batch[flip] = batch[flip, :, ::-1]
+            texts = [captions[i][int(rng.integers(len(captions[i])))] for i in idx]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            img_f, txt_f, scale = model(bb.uint8_to_tensor(batch), bb.tokenize(texts))[:3]
+            loss = loss_fn(img_f, txt_f, scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, math.log(100))
+            loss_value = loss.item()
+            epoch_loss += loss_value
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch, loss=f"{loss_value:.3f}")
+        losses.append(epoch_loss / steps_per_epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1])
+    bar.close()
+    model.eval()
+    seconds = time.time() - start
+    save_open_clip_dir(
+        model,
+        model_name,
+        out_dir,
+        extra={"ovml": {"epoch_losses": losses, "seconds": seconds, "n_images": n}},
+    )
+    return PretrainResult(losses, seconds, n)

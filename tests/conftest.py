@@ -1,0 +1,96 @@
+"""Shared fixtures: a tiny workspace (params.yaml + folders in a tmp dir) on which the
+whole pipeline runs for real in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY_PARAMS = {
+    "seed": 0,
+    "device": "cpu",
+    "tracking": {"enabled": True, "uri": "sqlite:///mlflow.db"},
+    "datasets": {
+        "toyworld": {
+            "source": "toyworld",
+            "backbone": "toy-clip",
+            "options": {
+                "image_size": 64,
+                "n_pretrain": 768,
+                "n_train": 192,
+                "n_test": 160,
+                "seed": 0,
+            },
+            "eval": {"top_k": [3, 5], "zero_positive": "zero", "keep_images": "all"},
+        }
+    },
+    "backbones": {
+        "toy-clip": {
+            "model": "ovml-tiny-vit",
+            "weights": "pretrain",
+            "pretrain": {
+                "dataset": "toyworld",
+                "epochs": 2,
+                "batch_size": 128,
+                "lr": 2e-3,
+                "warmup_steps": 2,
+            },
+        }
+    },
+    "variants": {
+        "random": {"method": "random"},
+        "clip_zeroshot": {"method": "clip_zeroshot", "prompts": "pool"},
+        "clip_zeroshot-single": {"method": "clip_zeroshot", "prompts": "single"},
+    },
+    "tables": {
+        "tiny": {
+            "title": "tiny",
+            "datasets": ["toyworld"],
+            "rows": ["random", "clip_zeroshot", "clip_zeroshot-single"],
+        }
+    },
+    "demo_tables": ["tiny"],
+}
+
+
+def write_params(root: Path, params: dict) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def tiny_params_dict() -> dict:
+    import copy
+
+    return copy.deepcopy(TINY_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def tiny_workspace(tmp_path_factory) -> Path:
+    """A tiny workspace whose demo graph has been run once (shared, read-only for tests)."""
+    from pipelines.cells import run_stage
+    from pipelines.config import load_params
+    from pipelines.graph import run_stages
+
+    root = tmp_path_factory.mktemp("tiny")
+    path = write_params(root, TINY_PARAMS)
+    params = load_params(path)
+    run_stages(params, ["table@tiny"], lambda p, st: run_stage(p, st, progress=False))
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_env():
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import torch
+
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    yield
