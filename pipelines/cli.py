@@ -35,6 +35,15 @@ app = typer.Typer(
 console = Console(stderr=True)
 out = Console()
 
+
+def _add_data_commands() -> None:
+    from pipelines.cli_data import data_app
+
+    app.add_typer(data_app, name="data")
+
+
+_add_data_commands()
+
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file", exists=False)]
 
 
@@ -258,6 +267,7 @@ def ui(
 ) -> None:
     """Start the Dagster UI and the MLflow UI on localhost; Ctrl-C stops both."""
     p = _params(params)
+    _restore_interrupts()
     bin_dir = Path(sys.executable).parent
     env = {**os.environ, "OVML_PARAMS": str(params.resolve())}
     env.setdefault("DAGSTER_HOME", str(p.root / ".dagster_home"))
@@ -311,6 +321,17 @@ def ui(
                 pr.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(pr.pid, signal.SIGKILL)
+
+
+def _restore_interrupts() -> None:
+    """Ctrl-C and SIGTERM stop the UIs, also when started in the background (where a
+    shell leaves SIGINT ignored, a disposition children would otherwise inherit)."""
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def main() -> None:  # pragma: no cover

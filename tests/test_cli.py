@@ -1,0 +1,104 @@
+"""The `ovml` command line: data prepare on an official-format fixture, errors, help."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from tests.release_fixtures import build_coco, build_nus_wide
+
+runner = CliRunner()
+
+
+def test_data_prepare_nus_wide(tmp_path):
+    release = tmp_path / "release"
+    build_nus_wide(release)
+    res = runner.invoke(
+        app,
+        ["data", "prepare", "nus-wide", "--release", str(release), "--out", str(tmp_path / "out")],
+    )
+    assert res.exit_code == 0, res.output
+    labels = json.loads((tmp_path / "out" / "labels.json").read_text())
+    assert len(labels["seen"]) == 925 and len(labels["unseen"]) == 81
+
+
+def test_data_prepare_coco_with_option(tmp_path):
+    release = tmp_path / "release"
+    build_coco(release)
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            "coco-zsl",
+            "--release",
+            str(release),
+            "--out",
+            str(tmp_path / "out"),
+            "-o",
+            "exclude_train_with_unseen=true",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["n_seen"] == 48 and meta["n_unseen"] == 17
+
+
+def test_data_prepare_errors_are_one_line(tmp_path):
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            "nus-wide",
+            "--release",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert (
+        res.exit_code == 1
+        and "release folder not found" in res.output
+        and "Traceback" not in res.output
+    )
+    res = runner.invoke(
+        app,
+        ["data", "prepare", "imagenet", "--release", str(tmp_path), "--out", str(tmp_path / "o")],
+    )
+    assert res.exit_code == 2 and "unknown dataset" in res.output
+    release = tmp_path / "release"
+    build_coco(release)
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            "coco-zsl",
+            "--release",
+            str(release),
+            "--out",
+            str(tmp_path / "o"),
+            "-o",
+            "no_such_option=1",
+        ],
+    )
+    assert res.exit_code == 1 and "no_such_option" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_unknown_names_are_clear(tiny_workspace):
+    res = runner.invoke(app, ["run", "toyworld", "nope", "--params", str(tiny_workspace)])
+    assert res.exit_code == 2 and "unknown variant 'nope'" in res.output
+    res = runner.invoke(app, ["table", "nope", "--params", str(tiny_workspace)])
+    assert res.exit_code == 2 and "unknown table" in res.output
+
+
+def test_run_and_table_on_fresh_workspace_recompute_nothing(tiny_workspace):
+    res = runner.invoke(app, ["table", "tiny", "--params", str(tiny_workspace)])
+    assert res.exit_code == 0, res.output
+    assert "0 stage(s) ran" in res.output and "clip_zeroshot" in res.output
+    res = runner.invoke(app, ["list", "--params", str(tiny_workspace)])
+    assert res.exit_code == 0 and "stale" not in res.output
