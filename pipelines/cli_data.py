@@ -58,3 +58,39 @@ def prepare(
         f"[green]prepared[/green] {dataset} → {out}: {ds.label_space.n_seen} seen / "
         f"{ds.label_space.n_unseen} unseen labels, images per split {counts}"
     )
+
+
+@data_app.command()
+def download(
+    manifest: Annotated[
+        Path, typer.Option("--manifest", help="CSV or parquet: image_id, url[, md5]")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="output folder (shards/, ledger.parquet, summary.json)")
+    ],
+    workers: Annotated[int, typer.Option(help="concurrent requests")] = 16,
+    resize: Annotated[
+        int | None, typer.Option(help="re-encode with this short side (never upscales)")
+    ] = None,
+    retry_dead: Annotated[
+        bool, typer.Option(help="also retry rows that were dead last time")
+    ] = False,
+    max_bytes: Annotated[int | None, typer.Option(help="body size cap per image")] = None,
+) -> None:
+    """Download a manifest's images into webdataset shards with a per-row ledger (resumable)."""
+    from pipelines.data.download import DownloadConfig, ManifestError, download_images
+
+    config = DownloadConfig(**({"max_body_bytes": max_bytes} if max_bytes else {}))
+    try:
+        summary = download_images(
+            manifest,
+            out,
+            workers=workers,
+            resize_short_side=resize,
+            config=config,
+            retry_dead=retry_dead,
+        )
+    except (ManifestError, FileNotFoundError, ValueError) as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(1) from None
+    del summary  # download_images printed the summary table and wrote summary.json

@@ -102,3 +102,48 @@ def test_run_and_table_on_fresh_workspace_recompute_nothing(tiny_workspace):
     assert "0 stage(s) ran" in res.output and "clip_zeroshot" in res.output
     res = runner.invoke(app, ["list", "--params", str(tiny_workspace)])
     assert res.exit_code == 0 and "stale" not in res.output
+
+
+def test_data_download_cli(tmp_path):
+    import polars as pl
+    from fault_server import FaultServer
+
+    with FaultServer() as srv:
+        manifest = tmp_path / "manifest.csv"
+        pl.DataFrame(
+            {
+                "image_id": ["a/1.jpg", "b/2.jpg", "c/3.jpg"],
+                "url": [
+                    srv.url("/good/a"),
+                    srv.url("/status/404/b"),
+                    srv.url("/redirect_placeholder/c"),
+                ],
+            }
+        ).write_csv(manifest)
+        res = runner.invoke(
+            app,
+            [
+                "data",
+                "download",
+                "--manifest",
+                str(manifest),
+                "--out",
+                str(tmp_path / "dl"),
+                "--workers",
+                "2",
+            ],
+        )
+    assert res.exit_code == 0, res.output
+    ledger = pl.read_parquet(tmp_path / "dl" / "ledger.parquet").sort("image_id")
+    assert ledger["status"].to_list() == ["ok", "dead_http", "dead_placeholder"]
+    summary = json.loads((tmp_path / "dl" / "summary.json").read_text())
+    assert summary["counts"]["ok"] == 1
+
+
+def test_data_download_bad_manifest(tmp_path):
+    bad = tmp_path / "m.csv"
+    bad.write_text("image_id,link\nx,http://127.0.0.1:9/x\n")
+    res = runner.invoke(
+        app, ["data", "download", "--manifest", str(bad), "--out", str(tmp_path / "dl")]
+    )
+    assert res.exit_code == 1 and "m.csv" in res.output and "Traceback" not in res.output
