@@ -148,9 +148,10 @@ def make_context(
     *,
     progress: bool = True,
     log_metrics=None,
+    prepared: PreparedDataset | None = None,
 ) -> CellContext:
     data_dir = params.path("data") / dataset
-    ds = PreparedDataset.load(data_dir)
+    ds = prepared or PreparedDataset.load(data_dir)
     bb = params.backbone_for(dataset, variant)
     feat_dir = params.path("features") / dataset / bb
     images_root = params.datasets[dataset].images
@@ -200,8 +201,15 @@ def run_cell(
     with mlflow_run(
         params, f"ovml/{dataset}", variant, tags=tags, run_params=run_params
     ) as tracker:
+        prepared = PreparedDataset.load(params.path("data") / dataset)
         ctx = make_context(
-            params, dataset, variant, work, progress=progress, log_metrics=tracker.log_metrics
+            params,
+            dataset,
+            variant,
+            work,
+            progress=progress,
+            log_metrics=tracker.log_metrics,
+            prepared=prepared,
         )
         t0 = time.time()
         fit_summary = method.fit(ctx)
@@ -238,10 +246,7 @@ def run_cell(
             save_npz(
                 tmp / "scores.npz",
                 scores=scores,
-                image_ids=np.asarray(
-                    PreparedDataset.load(params.path("data") / dataset).splits["test"].image_ids,
-                    dtype=str,
-                ),
+                image_ids=np.asarray(prepared.splits["test"].image_ids, dtype=str),
             )
             state = {k: v.detach().cpu().contiguous() for k, v in method.state_dict().items()}
             if state:

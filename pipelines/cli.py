@@ -174,7 +174,6 @@ def _run_extra_cell(p: Params, dataset: str, variant: str, force: bool) -> None:
             }
         }
     )
-    extra.__dict__.pop("cells", None)
     if force:
         _force_one(extra, f"cell@{dataset}@{variant}")
     _run(extra, [f"cell@{dataset}@{variant}"])

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib
 import os
 import pkgutil
-from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -201,7 +200,7 @@ class Params(StrictModel):
         p = Path(getattr(self.paths, kind))
         return p if p.is_absolute() else self.root / p
 
-    @cached_property
+    @property
     def cells(self) -> list[tuple[str, str]]:
         """Every (dataset, variant) named by a table, in table order, without repeats."""
         seen: dict[tuple[str, str], None] = {}
