@@ -2,7 +2,8 @@
 
 - toyworld: ``images_<split>.npy`` arrays (uint8, N x H x W x 3), memory-mapped;
 - real datasets: a folder of image files keyed by image_id (``<root>/<image_id>``), or
-  the webdataset shards written by the downloader (see pipelines/data/download.py).
+  the webdataset shards written by the downloader (pipelines/data/download.py), found
+  through its ledger.
 
 ``batches`` yields uint8 arrays resized to a square of the backbone's input size, so the
 feature extractor and end-to-end training read every source the same way.
@@ -79,6 +80,76 @@ class FolderImages:
         return out
 
 
+class ShardImages:
+    """Images in the downloader's webdataset shards (``<root>/shards/*.tar``), located by
+    the ledger (image_id -> shard, key). Member offsets are indexed once per shard, then
+    every read is a seek. Rows that did not download raise :class:`MissingImageError`
+    from :meth:`get`; :meth:`available` says which ones are there beforehand."""
+
+    def __init__(self, root: Path, image_ids: np.ndarray):
+        import polars as pl
+
+        self.root = Path(root)
+        ledger_path = self.root / "ledger.parquet"
+        if not ledger_path.exists():
+            raise FileNotFoundError(
+                f"{self.root}: no ledger.parquet; run `ovml data download` first"
+            )
+        ok = pl.read_parquet(ledger_path).filter(pl.col("status") == "ok")
+        places = zip(ok["shard"].to_list(), ok["key"].to_list(), strict=True)
+        self._where = dict(zip(ok["image_id"].to_list(), places, strict=True))
+        self._members: dict[str, dict[str, tuple[int, int]]] = {}
+        self.image_ids = image_ids
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def available(self) -> np.ndarray:
+        return np.array([str(i) in self._where for i in self.image_ids], dtype=bool)
+
+    def _shard_path(self, shard: str) -> Path:
+        return self.root / "shards" / Path(shard).name  # never a path taken from data
+
+    def _index(self, shard: str) -> dict[str, tuple[int, int]]:
+        if shard not in self._members:
+            import tarfile
+
+            with tarfile.open(self._shard_path(shard)) as tar:
+                self._members[shard] = {
+                    m.name.rsplit(".", 1)[0]: (m.offset_data, m.size)
+                    for m in tar
+                    if m.isfile() and not m.name.endswith(".json")
+                }
+        return self._members[shard]
+
+    def read_bytes(self, image_id: str) -> bytes:
+        if image_id not in self._where:
+            raise MissingImageError(
+                f"{image_id}: not downloaded (see {self.root / 'ledger.parquet'})"
+            )
+        shard, key = self._where[image_id]
+        members = self._index(shard)
+        if key not in members:
+            raise MissingImageError(f"{image_id}: key {key} not found in {shard}")
+        offset, size = members[key]
+        with open(self._shard_path(shard), "rb") as fh:
+            fh.seek(offset)
+            return fh.read(size)
+
+    def get(self, indices: Sequence[int], size: int) -> np.ndarray:
+        import io
+
+        out = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+        for k, i in enumerate(indices):
+            with Image.open(io.BytesIO(self.read_bytes(str(self.image_ids[i])))) as img:
+                out[k] = _square(img, size)
+        return out
+
+
+class MissingImageError(FileNotFoundError):
+    """An image the split lists but the download did not get (a dead link)."""
+
+
 def batches(
     source: ImageSource, batch_size: int, size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -100,4 +171,6 @@ def open_images(
             f"{dataset_dir}: no images_{split}.npy and no `images:` folder configured for this "
             "dataset in params.yaml (download the images with `ovml data download` first)"
         )
+    if (Path(images_root) / "ledger.parquet").exists():
+        return ShardImages(Path(images_root), image_ids)
     return FolderImages(Path(images_root), image_ids)
