@@ -105,6 +105,9 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
         if stage.kind == "cell":
             cells_by_dataset.setdefault(stage.key[0], []).append(stage)
             continue
+        if stage.kind == "images":
+            assets.append(_images_asset(params, graph, stage))
+            continue
         assets.append(_single_asset(params, graph, stage))
         del name
     for dataset, stages in cells_by_dataset.items():
@@ -137,6 +140,41 @@ def _single_asset(params: Params, graph: dict[str, Stage], stage: Stage) -> dg.A
         compute: Compute,
     ) -> dg.MaterializeResult:
         return _materialize(context, config, ovml, mlflow, compute, stage.name)
+
+    return _asset
+
+
+def _images_asset(params: Params, graph: dict[str, Stage], stage: Stage) -> dg.AssetsDefinition:
+    """Image download, one partition per manifest chunk, retried with backoff: a rerun
+    resumes from the chunk's ledger (ok rows are never fetched again)."""
+    dataset = stage.key[0]
+    download = params.datasets[dataset].download
+    assert download is not None
+    chunks = dg.StaticPartitionsDefinition([f"{i:04d}" for i in range(download.chunks)])
+
+    @dg.asset(
+        key=asset_key(stage),
+        deps=_deps(graph, [stage]),
+        group_name="images",
+        partitions_def=chunks,
+        description=f"images of {dataset} downloaded into {stage.out}/chunk-NNNN (shards + ledger)",
+        retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL),
+        kinds={"python"},
+    )
+    def _asset(context: dg.AssetExecutionContext, ovml: OvmlParams) -> dg.MaterializeResult:
+        from pipelines.cells import download_dataset_images
+        from pipelines.data.download import summarize_ledger
+
+        p = ovml.load()
+        chunk = int(context.partition_key)
+        out = download_dataset_images(p, dataset, chunk, progress=False)
+        g = build_graph(p)
+        if (out / "summary.json").exists():
+            write_stamp(p, g, stage.name)
+        summary = summarize_ledger(out / f"chunk-{chunk:04d}").to_dict()
+        meta = {f"n_{k}": int(v) for k, v in summary["counts"].items() if v}
+        meta["fraction_available"] = float(summary.get("fraction_available", 0.0))
+        return dg.MaterializeResult(metadata=meta)
 
     return _asset
 

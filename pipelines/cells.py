@@ -56,6 +56,72 @@ def build_dataset(params: Params, dataset: str, *, progress: bool = True) -> Pat
     return out
 
 
+# ------------------------------------------------------------------------------ images
+def images_root(params: Params, dataset: str) -> Path | None:
+    """Where a dataset's images are: the download stage's folder, ``images:``, or None."""
+    cfg = params.datasets[dataset]
+    if cfg.download is not None:
+        return params.path("data") / f"{dataset}-images"
+    if cfg.images:
+        path = Path(cfg.images)
+        return path if path.is_absolute() else params.root / path
+    return None
+
+
+def chunk_of(image_ids: list[str], chunks: int) -> np.ndarray:
+    """Stable chunk number of each image id (crc32, the same on every machine)."""
+    import zlib
+
+    return np.array([zlib.crc32(i.encode()) % chunks for i in image_ids], dtype=np.int64)
+
+
+def download_dataset_images(
+    params: Params, dataset: str, chunk: int | None = None, *, progress: bool = True
+) -> Path:
+    """Download the prepared manifest's images, one downloader folder per chunk, and
+    write ``summary.json`` over all chunks once every chunk has a ledger."""
+    import polars as pl
+
+    from pipelines.data.download import DownloadConfig, download_images, summarize_ledger
+
+    cfg = params.datasets[dataset].download
+    assert cfg is not None
+    manifest_path = params.path("data") / dataset / "manifest.parquet"
+    if not manifest_path.exists():
+        raise FileNotFoundError(
+            f"{manifest_path}: the prepared dataset has no manifest of image URLs"
+        )
+    manifest = pl.read_parquet(manifest_path)
+    out = images_root(params, dataset)
+    assert out is not None
+    which = chunk_of(manifest["image_id"].to_list(), cfg.chunks)
+    for i in range(cfg.chunks) if chunk is None else [chunk]:
+        download_images(
+            manifest.filter(pl.Series(which == i)),
+            out / f"chunk-{i:04d}",
+            workers=cfg.workers,
+            resize_short_side=cfg.resize_short_side,
+            config=DownloadConfig(max_body_bytes=cfg.max_body_bytes),
+            progress=progress,
+        )
+    done = [out / f"chunk-{i:04d}" for i in range(cfg.chunks)]
+    if all((d / "ledger.parquet").exists() for d in done):
+        totals: dict[str, int] = {}
+        for d in done:
+            for status, n in summarize_ledger(d).to_dict()["counts"].items():
+                totals[status] = totals.get(status, 0) + int(n)
+        n = sum(totals.values())
+        write_json(
+            out / "summary.json",
+            {
+                "counts": totals,
+                "total": n,
+                "fraction_available": totals.get("ok", 0) / n if n else 0.0,
+            },
+        )
+    return out
+
+
 # ---------------------------------------------------------------------------- backbone
 def backbone_weights(params: Params, backbone: str) -> str:
     cfg = params.backbones[backbone]
@@ -122,8 +188,11 @@ def build_features(params: Params, dataset: str, backbone: str, *, progress: boo
     out = params.path("features") / dataset / backbone
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
+        root = images_root(params, dataset)
         for split, sp in ds.splits.items():
-            source = open_images(data_dir, split, sp.image_ids, params.datasets[dataset].images)
+            source = open_images(data_dir, split, sp.image_ids, str(root) if root else None)
+            if hasattr(source, "available"):  # downloaded shards: dead links have no image
+                source = source.subset(source.available())
             extract_features(
                 bb,
                 source,
@@ -154,7 +223,8 @@ def make_context(
     ds = prepared or PreparedDataset.load(data_dir)
     bb = params.backbone_for(dataset, variant)
     feat_dir = params.path("features") / dataset / bb
-    images_root = params.datasets[dataset].images
+    root = images_root(params, dataset)
+    ds = _restrict_to_featurised(ds, feat_dir)
     return CellContext(
         dataset=dataset,
         variant=variant,
@@ -168,11 +238,32 @@ def make_context(
         load_backbone=lambda: load_backbone(params, bb),
         load_features=lambda split: load_features(feat_dir / split),
         open_images=lambda split: open_images(
-            data_dir, split, ds.splits[split].image_ids, images_root
+            data_dir, split, ds.splits[split].image_ids, str(root) if root else None
         ),
         log_metrics=log_metrics or (lambda metrics, step: None),
         progress=progress,
     )
+
+
+def _restrict_to_featurised(ds: PreparedDataset, feat_dir: Path) -> PreparedDataset:
+    """Keep only the images the feature cache has (dead links have none); the counts of
+    images a cell used land in its metrics.json."""
+    from pipelines.data.prepared import Split
+    from pipelines.io import read_json
+
+    splits = dict(ds.splits)
+    for name, sp in ds.splits.items():
+        index = feat_dir / name / "index.json"
+        if not index.exists():
+            continue
+        have = read_json(index)["image_ids"]
+        if len(have) == len(sp.image_ids):
+            continue
+        keep = np.isin(sp.image_ids, np.asarray(have, dtype=str))
+        splits[name] = Split(sp.image_ids[keep], sp.labels[keep])
+    if all(splits[k] is ds.splits[k] for k in splits):
+        return ds
+    return PreparedDataset(ds.name, ds.label_space, splits, ds.manifest, ds.meta)
 
 
 def run_cell(
@@ -201,7 +292,10 @@ def run_cell(
     with mlflow_run(
         params, f"ovml/{dataset}", variant, tags=tags, run_params=run_params
     ) as tracker:
-        prepared = PreparedDataset.load(params.path("data") / dataset)
+        prepared = _restrict_to_featurised(
+            PreparedDataset.load(params.path("data") / dataset),
+            params.path("features") / dataset / backbone,
+        )
         ctx = make_context(
             params,
             dataset,
@@ -275,6 +369,8 @@ def run_stage(params: Params, stage: Stage, *, progress: bool = True) -> Any:
     setup_torch(params)
     if stage.kind == "dataset":
         return build_dataset(params, *stage.key, progress=progress)
+    if stage.kind == "images":
+        return download_dataset_images(params, *stage.key, progress=progress)
     if stage.kind == "backbone":
         return pretrain_backbone(params, *stage.key, progress=progress)
     if stage.kind == "features":

@@ -49,15 +49,38 @@ class EvalConfig(StrictModel):
     keep_images: Literal["all", "with_positive"] = "all"
 
 
+class DownloadParams(StrictModel):
+    """Fetch the prepared manifest's images (pipelines/data/download.py) in ``chunks``
+    (Dagster partitions; DVC runs them one after another)."""
+
+    chunks: int = Field(1, ge=1, le=4096)
+    workers: int = Field(16, ge=1)
+    resize_short_side: int | None = Field(None, ge=16)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+
+
 class DatasetConfig(StrictModel):
-    """One dataset: where it comes from, which backbone its cells use by default, eval."""
+    """One dataset: where it comes from, which backbone its cells use by default, eval.
+
+    Images of a real dataset come from ``images`` (a folder of files, or a downloader
+    output folder) or, with ``download:``, from the pipeline's own download stage.
+    """
 
     source: Literal["toyworld", "nus-wide", "open-images-v4", "coco-zsl", "voc2007"]
     backbone: str
     options: dict[str, Any] = {}
     release_dir: str | None = None  # real datasets: the official release, as shipped
-    images: str | None = None  # real datasets: downloaded shards / image folder
+    images: str | None = None  # real datasets: an image folder or a downloader output folder
+    download: DownloadParams | None = None
     eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _one_image_source(self) -> DatasetConfig:
+        if self.images and self.download:
+            raise ValueError("set either `images:` (already on disk) or `download:`, not both")
+        if self.source == "toyworld" and (self.images or self.download or self.release_dir):
+            raise ValueError("toyworld is generated: release_dir, images and download do not apply")
+        return self
 
 
 # ---------------------------------------------------------------------------- backbones

@@ -3,6 +3,7 @@
 Stage kinds (and their output folders):
 
     dataset   <data>/<dataset>/                      prepared dataset (+ images for toyworld)
+    images    <data>/<dataset>-images/chunk-NNNN/    downloaded shards + ledger (real datasets)
     backbone  <models>/<backbone>/                   only for backbones the pipeline pre-trains
     features  <features>/<dataset>/<backbone>/       frozen-backbone feature cache
     cell      <results>/cells/<dataset>/<variant>/   metrics.json, scores.npz, model weights
@@ -111,10 +112,25 @@ def build_graph(params: Params) -> dict[str, Stage]:
             )
         )
 
+    def images_stage(ds: str) -> str | None:
+        if params.datasets[ds].download is None:
+            return None
+        return add(
+            Stage(
+                "images",
+                (ds,),
+                (dataset_stage(ds),),
+                _rel(params, "data", f"{ds}-images"),
+                (f"datasets.{ds}.download",),
+                ("pipelines/data/download.py",),
+            )
+        )
+
     def features_stage(ds: str, bb: str) -> str:
         ups = [dataset_stage(ds)]
-        if (b := backbone_stage(bb)) is not None:
-            ups.append(b)
+        for up in (images_stage(ds), backbone_stage(bb)):
+            if up is not None:
+                ups.append(up)
         return add(
             Stage(
                 "features",

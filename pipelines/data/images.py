@@ -81,25 +81,40 @@ class FolderImages:
 
 
 class ShardImages:
-    """Images in the downloader's webdataset shards (``<root>/shards/*.tar``), located by
-    the ledger (image_id -> shard, key). Member offsets are indexed once per shard, then
-    every read is a seek. Rows that did not download raise :class:`MissingImageError`
-    from :meth:`get`; :meth:`available` says which ones are there beforehand."""
+    """Images in the downloader's webdataset shards, located through its ledger(s).
 
-    def __init__(self, root: Path, image_ids: np.ndarray):
+    ``root`` is a downloader output folder (``ledger.parquet`` + ``shards/``) or a folder
+    of such folders (``chunk-NNNN/``, what the download stage writes). Member offsets are
+    indexed once per shard, then every read is a seek. Rows that did not download raise
+    :class:`MissingImageError`; :meth:`available` says which ones are there beforehand.
+    """
+
+    def __init__(self, root: Path, image_ids: np.ndarray, _where: dict | None = None):
         import polars as pl
 
         self.root = Path(root)
-        ledger_path = self.root / "ledger.parquet"
-        if not ledger_path.exists():
-            raise FileNotFoundError(
-                f"{self.root}: no ledger.parquet; run `ovml data download` first"
-            )
-        ok = pl.read_parquet(ledger_path).filter(pl.col("status") == "ok")
-        places = zip(ok["shard"].to_list(), ok["key"].to_list(), strict=True)
-        self._where = dict(zip(ok["image_id"].to_list(), places, strict=True))
-        self._members: dict[str, dict[str, tuple[int, int]]] = {}
+        if _where is None:
+            ledgers = [self.root / "ledger.parquet"]
+            if not ledgers[0].exists():
+                ledgers = sorted(self.root.glob("chunk-*/ledger.parquet"))
+            if not ledgers:
+                raise FileNotFoundError(
+                    f"{self.root}: no ledger.parquet; run `ovml data download` first"
+                )
+            _where = {}
+            for ledger in ledgers:
+                ok = pl.read_parquet(ledger).filter(pl.col("status") == "ok")
+                for image_id, shard, key in zip(
+                    ok["image_id"], ok["shard"], ok["key"], strict=True
+                ):
+                    # the shard's file name only: never a path taken from data
+                    _where[image_id] = (ledger.parent / "shards" / Path(shard).name, key)
+        self._where: dict[str, tuple[Path, str]] = _where
+        self._members: dict[Path, dict[str, tuple[int, int]]] = {}
         self.image_ids = image_ids
+
+    def subset(self, keep: np.ndarray) -> ShardImages:
+        return ShardImages(self.root, self.image_ids[keep], self._where)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -107,14 +122,11 @@ class ShardImages:
     def available(self) -> np.ndarray:
         return np.array([str(i) in self._where for i in self.image_ids], dtype=bool)
 
-    def _shard_path(self, shard: str) -> Path:
-        return self.root / "shards" / Path(shard).name  # never a path taken from data
-
-    def _index(self, shard: str) -> dict[str, tuple[int, int]]:
+    def _index(self, shard: Path) -> dict[str, tuple[int, int]]:
         if shard not in self._members:
             import tarfile
 
-            with tarfile.open(self._shard_path(shard)) as tar:
+            with tarfile.open(shard) as tar:
                 self._members[shard] = {
                     m.name.rsplit(".", 1)[0]: (m.offset_data, m.size)
                     for m in tar
@@ -125,14 +137,14 @@ class ShardImages:
     def read_bytes(self, image_id: str) -> bytes:
         if image_id not in self._where:
             raise MissingImageError(
-                f"{image_id}: not downloaded (see {self.root / 'ledger.parquet'})"
+                f"{image_id}: not downloaded (see the ledger under {self.root})"
             )
         shard, key = self._where[image_id]
         members = self._index(shard)
         if key not in members:
             raise MissingImageError(f"{image_id}: key {key} not found in {shard}")
         offset, size = members[key]
-        with open(self._shard_path(shard), "rb") as fh:
+        with open(shard, "rb") as fh:
             fh.seek(offset)
             return fh.read(size)
 
@@ -171,6 +183,7 @@ def open_images(
             f"{dataset_dir}: no images_{split}.npy and no `images:` folder configured for this "
             "dataset in params.yaml (download the images with `ovml data download` first)"
         )
-    if (Path(images_root) / "ledger.parquet").exists():
-        return ShardImages(Path(images_root), image_ids)
+    root = Path(images_root)
+    if (root / "ledger.parquet").exists() or any(root.glob("chunk-*/ledger.parquet")):
+        return ShardImages(root, image_ids)
     return FolderImages(Path(images_root), image_ids)
