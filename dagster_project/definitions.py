@@ -20,7 +20,7 @@ def build_definitions(params_path: str | None = None) -> dg.Definitions:
     demo = (
         dg.define_asset_job(
             "demo",
-            selection=dg.AssetSelection.keys(
+            selection=dg.AssetSelection.assets(
                 *[dg.AssetKey(["table", t]) for t in params.demo_tables]
             ).upstream(),
             description="everything the demo tables need",

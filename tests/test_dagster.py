@@ -48,17 +48,42 @@ def test_materialise_demo_graph_in_process(tmp_path, monkeypatch):
     assert mat.metadata["reused"].value is True
 
 
-def test_asset_checks_run(tiny_workspace, monkeypatch):
+def test_asset_checks_run(tiny_workspace):
     from dagster_project.definitions import build_definitions
 
     defs = build_definitions(str(tiny_workspace))
     checks = list(defs.asset_checks)
-    assert checks
-    assets = list(defs.assets)
-    res = dg.materialize(
-        [a for a in assets if a.key.path[0] == "table"],
-        resources=defs.resources,
-        instance=dg.DagsterInstance.ephemeral(),
-        selection=None,
-    )
+    assert {c.check_key.name for c in checks} == {"metrics_in_range", "complete"}
+    table = next(a for a in defs.assets if a.key.path[0] == "table")
+    res = dg.materialize([table, *checks], resources=defs.resources, instance=dg.DagsterInstance.ephemeral())
     assert res.success
+    evaluations = res.get_asset_check_evaluations()
+    assert [(e.check_name, e.passed) for e in evaluations] == [("complete", True)]
+
+
+def test_dagster_definitions_validate_cli(tmp_path):
+    """What CI runs: `dagster definitions validate` on the project's code location."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    env.pop("OVML_PARAMS", None)
+    res = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-m",
+            "dagster_project.definitions",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "passed validation" in res.stdout + res.stderr
