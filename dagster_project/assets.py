@@ -89,8 +89,9 @@ def _materialize(
         context.log.info(f"{stage_name} is up to date; reusing {stage.out}")
     else:
         context.log.info(f"running {stage_name}")
+        fp = fingerprint(params, graph, stage_name)
         run_stage(params, stage, progress=False)
-        write_stamp(params, graph, stage_name)
+        write_stamp(params, graph, stage_name, fp)
     return dg.MaterializeResult(
         metadata=_metadata(params, stage, reused),
         data_version=dg.DataVersion(fingerprint(params, graph, stage_name)),

@@ -219,7 +219,7 @@ def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 def stage(kind: str, key: list[str], params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Run exactly one stage, without its upstream (dvc.yaml's commands)."""
     from pipelines.cells import run_stage
-    from pipelines.graph import build_graph, write_stamp
+    from pipelines.graph import build_graph, fingerprint, write_stamp
 
     p = _params(params)
     graph = build_graph(p)
@@ -227,8 +227,9 @@ def stage(kind: str, key: list[str], params: ParamsOpt = DEFAULT_PARAMS) -> None
     if name not in graph:
         console.print(f"[red]error:[/red] no stage {name!r} (see `ovml list`)")
         raise typer.Exit(2)
+    fp = fingerprint(p, graph, name)
     run_stage(p, graph[name])
-    write_stamp(p, graph, name)
+    write_stamp(p, graph, name, fp)
 
 
 @app.command("dvc-yaml")

@@ -269,10 +269,12 @@ def is_fresh(params: Params, graph: dict[str, Stage], name: str) -> bool:
         return False
 
 
-def write_stamp(params: Params, graph: dict[str, Stage], name: str) -> None:
+def write_stamp(params: Params, graph: dict[str, Stage], name: str, fp: str | None = None) -> None:
+    """Record that ``name``'s output was computed from ``fp`` (take it *before* running,
+    so code edited while a stage runs leaves the stage stale, not falsely fresh)."""
     write_json(
         params.root / graph[name].out / STAMP,
-        {"stage": name, "fingerprint": fingerprint(params, graph, name)},
+        {"stage": name, "fingerprint": fp or fingerprint(params, graph, name)},
     )
 
 
@@ -286,14 +288,16 @@ def run_stages(
 ) -> list[str]:
     """Run targets and their upstream stages in order, skipping fresh ones. Returns ran stages."""
     graph = build_graph(params)
-    ran = []
+    ran: list[str] = []
     for name in upstream(graph, targets):
-        if not force and is_fresh(params, graph, name):
+        upstream_ran = any(dep in ran for dep in graph[name].deps)
+        if not force and not upstream_ran and is_fresh(params, graph, name):
             on_event(name, "fresh")
             continue
         on_event(name, "run")
+        fp = fingerprint(params, graph, name)
         runner(params, graph[name])
-        write_stamp(params, graph, name)
+        write_stamp(params, graph, name, fp)
         ran.append(name)
     return ran
 

@@ -64,3 +64,27 @@ def test_upstream_order():
         "features@toyworld@toy-clip",
         "cell@toyworld@clip_zeroshot",
     ]
+
+
+def test_downstream_of_a_rerun_stage_reruns_and_stamps_predate_the_run(tmp_path, tiny_params_dict):
+    """If code changes while a stage runs, its stamp holds the fingerprint taken before the
+    run (so it stays stale); and a stage whose input was just recomputed always reruns."""
+    from pipelines.graph import is_fresh, run_stages, write_stamp
+
+    tiny_params_dict["tracking"] = {"enabled": False}
+    params = load_params(write_params(tmp_path, tiny_params_dict))
+    graph = build_graph(params)
+    for name, st in graph.items():  # pretend everything was computed
+        (params.root / st.out).mkdir(parents=True, exist_ok=True)
+        write_stamp(params, graph, name)
+    tiny_params_dict["datasets"]["toyworld"]["options"]["n_test"] = 150  # dataset is now stale
+    params = load_params(write_params(tmp_path, tiny_params_dict))
+    seen: list[str] = []
+    run_stages(params, ["cell@toyworld@random"], lambda p, st: seen.append(st.name))
+    assert seen == [
+        "dataset@toyworld",
+        "backbone@toy-clip",
+        "features@toyworld@toy-clip",
+        "cell@toyworld@random",
+    ]
+    assert is_fresh(params, build_graph(params), "cell@toyworld@random")

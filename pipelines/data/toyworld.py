@@ -404,7 +404,8 @@ def _object_phrase(o: ToyObject, rng: np.random.Generator) -> str:
     noun = o.shape if rng.random() < 0.9 else SYNONYMS.get(o.shape, (o.shape,))[0]
     phrase = " ".join([*words, noun])
     if rng.random() < 0.15:
-        phrase = f"{phrase}, {'an' if SHAPES[o.shape][0] in 'aeiou' else 'a'} {SHAPES[o.shape]}"
+        sup = SHAPES[o.shape]
+        phrase = f"{phrase}, {'an' if sup[0] in 'aeiou' else 'a'} {sup}"
     warm_cool = COLOURS[o.colour][1]
     if warm_cool and rng.random() < 0.1:
         phrase = f"{phrase} in a {warm_cool} colour"
@@ -413,17 +414,42 @@ def _object_phrase(o: ToyObject, rng: np.random.Generator) -> str:
 
 
 def caption(scene: ToyScene, rng: np.random.Generator) -> str:
-    """One of many varied sentences describing a scene."""
-    objs = [_object_phrase(o, rng) for o in rng.permutation(np.array(scene.objects, dtype=object))]
-    body = objs[0] if len(objs) == 1 else ", ".join(objs[:-1]) + " and " + objs[-1]
+    """One of many varied sentences describing a scene, like web alt-text.
+
+    Half the captions describe the whole scene; the rest are partial (one object, the
+    objects' shapes, or the scene alone). Partial captions matter: with full captions
+    only, scene and colour already tell the images of a batch apart, so the contrastive
+    loss never has to learn shapes; a caption such as "a photo of a star" can only be
+    matched to its image by the shape.
+    """
+    objs = list(rng.permutation(np.array(scene.objects, dtype=object)))
     r = rng.random()
-    if r < 0.1:
+    if r < 0.2:  # one object, some of its attributes
+        return f"{rng.choice(_OPENERS)} {_object_phrase(objs[0], rng)}".strip()
+    if r < 0.35:  # the shapes only
+        nouns = [f"{'an' if o.shape[0] in 'aeiou' else 'a'} {o.shape}" for o in objs]
+        return f"{rng.choice(_OPENERS)} {_join(nouns)}".strip()
+    if r < 0.45:  # the scene only
+        word = (
+            scene.scene
+            if rng.random() < 0.8
+            else str(rng.choice(SYNONYMS.get(scene.scene, (scene.scene,))))
+        )
+        return (
+            f"{rng.choice(('a photo of the', 'a picture of the', 'the', 'a view of the'))} {word}"
+        )
+    body = _join([_object_phrase(o, rng) for o in objs])
+    if r < 0.5:
         scene_txt = f"{rng.choice(SYNONYMS.get(scene.scene, (scene.scene,)))}"
         return f"{rng.choice(_OPENERS)} {scene_txt} with {body}".strip()
-    if r < 0.25:
+    if r < 0.6:
         return f"a {scene.scene} scene with {body}"
     opener = str(rng.choice(_OPENERS))
     return f"{opener} {body} {rng.choice(_SCENE_PHRASES[scene.scene])}".strip()
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 # ----------------------------------------------------------------------------- builder
