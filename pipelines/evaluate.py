@@ -35,25 +35,15 @@ def evaluate_scores(
         block_scores, block_labels = scores[:, cols], labels[:, cols]
         if block_labels.shape[1] == 0:
             continue
-        res = evaluate_block(
+        variants = (cfg.map_variant, *(v for v in cfg.extra_map_variants if v != cfg.map_variant))
+        res = evaluate_block(  # "mAP" is the first variant; "mAP_biam" whenever BiAM's is asked
             block_scores,
             block_labels,
             cfg.top_k,
-            map_variant=cfg.map_variant,
+            map_variant=variants,
             zero_positive=cfg.zero_positive,
             keep_images=cfg.keep_images,
         )
-        for extra in cfg.extra_map_variants:
-            if extra != cfg.map_variant:
-                res_extra = evaluate_block(
-                    block_scores,
-                    block_labels,
-                    [],
-                    map_variant=extra,
-                    zero_positive=cfg.zero_positive,
-                    keep_images=cfg.keep_images,
-                )
-                res[f"mAP_{'biam' if extra == 'biam_pooled' else extra}"] = res_extra["mAP"]
         out[task] = {k: round(float(v), 4) for k, v in res.items() if _is_metric(k)}
         has_pos = (block_labels == 1).any(axis=1)
         counts[task] = {
