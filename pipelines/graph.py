@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,11 @@ class Stage:
     @property
     def name(self) -> str:
         return "@".join((self.kind, *self.key))
+
+    @property
+    def dvc_name(self) -> str:
+        """DVC allows only letters, digits, '_' and '-' in stage names ('@' means foreach)."""
+        return "__".join(re.sub(r"[^A-Za-z0-9_-]", "-", part) for part in (self.kind, *self.key))
 
     @property
     def cmd(self) -> str:
@@ -313,6 +319,6 @@ def dvc_yaml(params: Params, params_file: str = "params.yaml") -> str:
         keys = [k for k in st.params if params.has_key(k)]
         entry["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
         entry["outs"] = [st.out]
-        stages[st.name] = entry
+        stages[st.dvc_name] = entry
     header = "# Generated from params.yaml by `ovml dvc-yaml`; do not edit by hand.\n"
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)

@@ -19,12 +19,16 @@ def test_repo_dvc_yaml_is_in_step_with_params():
 def test_dvc_stages_match_the_grid():
     params = load_params(REPO / "params.yaml")
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    cells = {tuple(name.split("@")[1:]) for name in stages if name.startswith("cell@")}
+    graph = build_graph(params)
+    assert set(stages) == {st.dvc_name for st in graph.values()}
+    cells = {
+        tuple(st["cmd"].split()[3:]) for name, st in stages.items() if name.startswith("cell__")
+    }
     assert cells == set(params.cells)
-    tables = {name.split("@", 1)[1] for name in stages if name.startswith("table@")}
+    tables = {st["cmd"].split()[3] for name, st in stages.items() if name.startswith("table__")}
     assert tables == set(params.tables)
     for ds, var in params.cells:
-        st = stages[f"cell@{ds}@{var}"]
+        st = stages[graph[f"cell@{ds}@{var}"].dvc_name]
         assert f"variants.{var}" in st["params"]
         assert st["outs"] == [f"results/cells/{ds}/{var}"]
         assert st["cmd"] == f"ovml stage cell {ds} {var}"
