@@ -8,7 +8,7 @@ DVC_VERSION := 3.67.1
 DVC   := $(shell uv tool dir --bin 2>/dev/null || echo $(HOME)/.local/bin)/dvc
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.local/bin:$(PATH)
 
-.PHONY: setup demo test lint format dvc-tool dvc-repro dvc-yaml ui bench clean
+.PHONY: setup demo test lint format dvc-tool dvc-repro dvc-yaml ui bench bench-download clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,12 @@ ui: setup
 bench: setup
 	$(PY) bench/bench_metrics.py --quick
 	$(PY) bench/bench_train.py
+
+# the downloader against img2dataset (which needs its own venv: it pins older webdataset/pandas)
+bench-download: setup
+	@test -x .venv-i2d/bin/img2dataset || { $(UV) venv -q .venv-i2d --python 3.11 && \
+		$(UV) pip install -q --python .venv-i2d/bin/python img2dataset; }
+	$(PY) bench/bench_download.py --img2dataset-bin .venv-i2d/bin/img2dataset
 
 clean:
 	rm -rf data models features results mlflow.db mlartifacts .dagster_home

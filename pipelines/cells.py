@@ -111,15 +111,19 @@ def download_dataset_images(
             for status, n in summarize_ledger(d).to_dict()["counts"].items():
                 totals[status] = totals.get(status, 0) + int(n)
         n = sum(totals.values())
-        write_json(
-            out / "summary.json",
-            {
-                "counts": totals,
-                "total": n,
-                "fraction_available": totals.get("ok", 0) / n if n else 0.0,
-            },
-        )
+        summary = {
+            "counts": totals,
+            "total": n,
+            "fraction_available": totals.get("ok", 0) / n if n else 0.0,
+        }
+        write_json(out / "summary.json", summary)
+        write_json(download_summary_path(params, dataset), summary)  # DVC metrics file
     return out
+
+
+def download_summary_path(params: Params, dataset: str) -> Path:
+    """Beside the images folder (a DVC metrics file may not sit inside an output)."""
+    return params.path("data") / f"{dataset}-images.summary.json"
 
 
 # ---------------------------------------------------------------------------- backbone

@@ -153,6 +153,10 @@ def build_graph(params: Params) -> dict[str, Stage]:
             )
         )
 
+    for ds, cfg in params.datasets.items():  # every configured release gets its stages
+        if cfg.release_dir is not None:
+            dataset_stage(ds)
+            images_stage(ds)
     for ds, var in params.cells:
         bb = params.backbone_for(ds, var)
         ups = [dataset_stage(ds), features_stage(ds, bb)]
@@ -319,6 +323,9 @@ def dvc_yaml(params: Params, params_file: str = "params.yaml") -> str:
         keys = [k for k in st.params if params.has_key(k)]
         entry["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
         entry["outs"] = [st.out]
+        if st.kind == "images":
+            summary = Path(st.out).with_name(Path(st.out).name + ".summary.json")
+            entry["metrics"] = [{str(summary): {"cache": False}}]
         stages[st.dvc_name] = entry
     header = "# Generated from params.yaml by `ovml dvc-yaml`; do not edit by hand.\n"
     return header + yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)

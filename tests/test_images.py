@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import polars as pl
+import yaml
 import pytest
 from PIL import Image
 
@@ -102,6 +103,11 @@ def test_download_stage_chunks_feed_features_and_cells(tmp_path, tiny_params_dic
     chunks = sorted((data / "mini-images").glob("chunk-*/ledger.parquet"))
     assert len(chunks) == 3
     summary = json.loads((data / "mini-images" / "summary.json").read_text())
+    assert json.loads((data / "mini-images.summary.json").read_text()) == summary
+    from pipelines.graph import dvc_yaml
+
+    stage = yaml.safe_load(dvc_yaml(params))["stages"]["images__mini"]
+    assert stage["metrics"] == [{"data/mini-images.summary.json": {"cache": False}}]
     assert {k: v for k, v in summary["counts"].items() if v} == {"ok": 9, "dead_http": 3}
     metrics = json.loads((tmp_path / "results/cells/mini/clip_zeroshot/metrics.json").read_text())
     assert (
