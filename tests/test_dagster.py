@@ -55,7 +55,9 @@ def test_asset_checks_run(tiny_workspace):
     checks = list(defs.asset_checks)
     assert {c.check_key.name for c in checks} == {"metrics_in_range", "complete"}
     table = next(a for a in defs.assets if a.key.path[0] == "table")
-    res = dg.materialize([table, *checks], resources=defs.resources, instance=dg.DagsterInstance.ephemeral())
+    res = dg.materialize(
+        [table, *checks], resources=defs.resources, instance=dg.DagsterInstance.ephemeral()
+    )
     assert res.success
     evaluations = res.get_asset_check_evaluations()
     assert [(e.check_name, e.passed) for e in evaluations] == [("complete", True)]

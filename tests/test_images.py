@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import polars as pl
-import yaml
 import pytest
+import yaml
 from PIL import Image
 
 from pipelines.data.images import FolderImages, MissingImageError, ShardImages, open_images
