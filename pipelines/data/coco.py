@@ -41,7 +41,7 @@ from pipelines.data.splits import (
     ParseError,
     check_drop_choice,
     find_file,
-    image_present,
+    keep_mask,
     no_positive_masks,
     normalize_path,
     read_text,
@@ -195,32 +195,23 @@ def parse(
             stats["images_without_seen_annotation"] = n_no_seen
             stats["images_with_unseen_object"] = n_with_unseen
         meta[f"{split}_images"] = stats
-        keep = np.ones(len(image_ids), dtype=bool)
         masks = no_positive_masks(labels, n_seen)
         meta[f"{split}_without_positive"] = (
             {"seen": int(masks["seen"].sum())}
             if split == "train"
             else {k: int(v.sum()) for k, v in masks.items()}
         )
-        if images_dir is not None:
-            sub = "train2014" if split == "train" else "val2014"
-            present = np.array(
-                [
-                    image_present(Path(images_dir), f, None)
-                    or image_present(Path(images_dir), f"{sub}/{f}", None)
-                    for f in image_ids
-                ],
-                dtype=bool,
-            )
-            meta.setdefault(
-                "missing_images", {"images_dir": str(images_dir), "dropped": drop_missing}
-            )
-            meta["missing_images"][split] = int((~present).sum())
-            if drop_missing:
-                keep &= present
-        if split == "test" and drop_test_no_positive != "none":
-            keep &= ~masks[drop_test_no_positive]
-        meta.setdefault("dropped", {})[split] = int((~keep).sum())
+        sub = "train2014" if split == "train" else "val2014"
+        keep = keep_mask(
+            split,
+            image_ids,
+            masks,
+            meta,
+            images_dir=images_dir,
+            candidates=lambda f, sub=sub: (f, f"{sub}/{f}"),
+            drop_missing=drop_missing,
+            drop_test_no_positive=drop_test_no_positive,
+        )
         ids_arr = np.asarray(image_ids, dtype=str)[keep] if image_ids else np.zeros(0, dtype=str)
         splits[split] = Split(ids_arr, labels[keep])
         manifest_parts.append(

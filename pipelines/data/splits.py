@@ -399,3 +399,34 @@ def image_present(images_dir: Path, image_id: str, placeholder: bytes | None) ->
         )
         return not is_placeholder
     return False
+
+
+def keep_mask(
+    split: str,
+    image_ids: list[str],
+    masks: dict[str, np.ndarray],
+    meta: dict,
+    *,
+    images_dir: Path | None,
+    candidates,
+    drop_missing: bool,
+    drop_test_no_positive: str,
+) -> np.ndarray:
+    """Which images of a split to keep: missing ones (when ``images_dir`` is given and
+    ``drop_missing``; ``candidates(image_id)`` lists the relative paths to look for) and,
+    for the test split, those without a positive in the named block. Counts go to meta."""
+    keep = np.ones(len(image_ids), dtype=bool)
+    if images_dir is not None:
+        root = Path(images_dir)
+        present = np.array(
+            [any(image_present(root, c, None) for c in candidates(i)) for i in image_ids],
+            dtype=bool,
+        )
+        meta.setdefault("missing_images", {"images_dir": str(images_dir), "dropped": drop_missing})
+        meta["missing_images"][split] = int((~present).sum())
+        if drop_missing:
+            keep &= present
+    if split == "test" and drop_test_no_positive != "none":
+        keep &= ~masks[drop_test_no_positive]
+    meta.setdefault("dropped", {})[split] = int((~keep).sum())
+    return keep

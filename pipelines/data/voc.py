@@ -37,7 +37,7 @@ from pipelines.data.splits import (
     check_drop_choice,
     find_dir,
     find_file,
-    image_present,
+    keep_mask,
     no_positive_masks,
     read_lines,
     source_info,
@@ -175,30 +175,21 @@ def parse(
         labels = np.stack([per_class[c] for c in order], axis=1).astype(np.int8)
         if split == "train":
             labels[:, n_seen:] = 0
-        keep = np.ones(len(ids), dtype=bool)
         masks = no_positive_masks(labels, n_seen)
         meta[f"{split}_without_positive"] = {
             k: int(v.sum()) for k, v in masks.items() if unseen or k != "unseen"
         }
         meta[f"{split}_difficult_cells"] = int(sum(int((per_class[c] == 0).sum()) for c in order))
-        if images_dir is not None:
-            present = np.array(
-                [
-                    image_present(Path(images_dir), f"{i}.jpg", None)
-                    or image_present(Path(images_dir), f"JPEGImages/{i}.jpg", None)
-                    for i in ids
-                ],
-                dtype=bool,
-            )
-            meta.setdefault(
-                "missing_images", {"images_dir": str(images_dir), "dropped": drop_missing}
-            )
-            meta["missing_images"][split] = int((~present).sum())
-            if drop_missing:
-                keep &= present
-        if split == "test" and drop_test_no_positive != "none":
-            keep &= ~masks[drop_test_no_positive]
-        meta.setdefault("dropped", {})[split] = int((~keep).sum())
+        keep = keep_mask(
+            split,
+            ids,
+            masks,
+            meta,
+            images_dir=images_dir,
+            candidates=lambda i: (f"{i}.jpg", f"JPEGImages/{i}.jpg"),
+            drop_missing=drop_missing,
+            drop_test_no_positive=drop_test_no_positive,
+        )
         ids_arr = np.asarray(ids, dtype=str)[keep]
         splits[split] = Split(ids_arr, labels[keep])
         n = len(ids_arr)
