@@ -12,13 +12,16 @@ from tests.release_fixtures import build_coco, build_nus_wide
 runner = CliRunner()
 
 
+def _prepare(dataset: str, release, out, *options: str):
+    return runner.invoke(
+        app, ["data", "prepare", dataset, "--release", str(release), "--out", str(out), *options]
+    )
+
+
 def test_data_prepare_nus_wide(tmp_path):
     release = tmp_path / "release"
     build_nus_wide(release)
-    res = runner.invoke(
-        app,
-        ["data", "prepare", "nus-wide", "--release", str(release), "--out", str(tmp_path / "out")],
-    )
+    res = _prepare("nus-wide", str(release), str(tmp_path / "out"))
     assert res.exit_code == 0, res.output
     labels = json.loads((tmp_path / "out" / "labels.json").read_text())
     assert len(labels["seen"]) == 925 and len(labels["unseen"]) == 81
@@ -27,19 +30,8 @@ def test_data_prepare_nus_wide(tmp_path):
 def test_data_prepare_coco_with_option(tmp_path):
     release = tmp_path / "release"
     build_coco(release)
-    res = runner.invoke(
-        app,
-        [
-            "data",
-            "prepare",
-            "coco-zsl",
-            "--release",
-            str(release),
-            "--out",
-            str(tmp_path / "out"),
-            "-o",
-            "exclude_train_with_unseen=true",
-        ],
+    res = _prepare(
+        "coco-zsl", str(release), str(tmp_path / "out"), "-o", "exclude_train_with_unseen=true"
     )
     assert res.exit_code == 0, res.output
     meta = json.loads((tmp_path / "out" / "meta.json").read_text())
@@ -47,44 +39,17 @@ def test_data_prepare_coco_with_option(tmp_path):
 
 
 def test_data_prepare_errors_are_one_line(tmp_path):
-    res = runner.invoke(
-        app,
-        [
-            "data",
-            "prepare",
-            "nus-wide",
-            "--release",
-            str(tmp_path / "nope"),
-            "--out",
-            str(tmp_path / "o"),
-        ],
-    )
+    res = _prepare("nus-wide", str(tmp_path / "nope"), str(tmp_path / "o"))
     assert (
         res.exit_code == 1
         and "release folder not found" in res.output
         and "Traceback" not in res.output
     )
-    res = runner.invoke(
-        app,
-        ["data", "prepare", "imagenet", "--release", str(tmp_path), "--out", str(tmp_path / "o")],
-    )
+    res = _prepare("imagenet", str(tmp_path), str(tmp_path / "o"))
     assert res.exit_code == 2 and "unknown dataset" in res.output
     release = tmp_path / "release"
     build_coco(release)
-    res = runner.invoke(
-        app,
-        [
-            "data",
-            "prepare",
-            "coco-zsl",
-            "--release",
-            str(release),
-            "--out",
-            str(tmp_path / "o"),
-            "-o",
-            "no_such_option=1",
-        ],
-    )
+    res = _prepare("coco-zsl", str(release), str(tmp_path / "o"), "-o", "no_such_option=1")
     assert res.exit_code == 1 and "no_such_option" in res.output
     assert not (tmp_path / "o").exists()
 
