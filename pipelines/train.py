@@ -432,6 +432,7 @@ class FitResult:
     input_mode: InputMode
     n_params_trainable: int
     amp: str
+    world_size: int = 1
 
     def summary(self) -> dict[str, Any]:
         last = self.history[-1] if self.history else {}
@@ -444,6 +445,7 @@ class FitResult:
             "input_mode": self.input_mode,
             "trainable_params": self.n_params_trainable,
             "amp": self.amp,
+            "world_size": self.world_size,
             "history": self.history,
         }
 
@@ -589,7 +591,7 @@ class Trainer:
         mode = self.input_mode(module)
         module.to(self.device)
         train_idx, val_idx = self.split_train_val()
-        targets = torch.from_numpy(np.ascontiguousarray(ctx.train_labels[:, : ctx.n_seen]))
+        targets = ctx.train_labels  # dense (N, C) or SparseLabels; made dense per batch
         source = self.source("train", mode)
         opt = self.make_optimizer(module)
         sched = self.make_scheduler(opt)
@@ -665,12 +667,18 @@ class Trainer:
             mode,
             n_params,
             str(amp).removeprefix("torch.") if amp else "off",
+            info.world,
         )
 
     def _data_digest(self, mode: InputMode) -> str:
         """Labels, label names and the frozen inputs (cached features, or the image tower's
         weights): a checkpoint trained on another backbone or dataset is never resumed."""
-        h = hashlib.sha256(np.ascontiguousarray(self.ctx.train_labels).tobytes())
+        h = hashlib.sha256()
+        labels = self.ctx.train_labels
+        if isinstance(labels, np.ndarray):
+            h.update(np.ascontiguousarray(labels).tobytes())
+        else:  # SparseLabels
+            labels.digest_update(h)
         h.update("\n".join(self.ctx.label_space.names()).encode())
         if mode == "features":
             h.update(self.ctx.features("train").global_.contiguous().numpy().tobytes())
@@ -682,7 +690,9 @@ class Trainer:
     def _step(
         self, model, module, batch, targets, opt, scaler, amp
     ) -> tuple[float, dict[str, float]]:
-        tgt = targets[batch.index].to(self.device)
+        rows = batch.index.numpy()
+        tgt = torch.from_numpy(np.ascontiguousarray(targets[rows, : self.ctx.n_seen]))
+        tgt = tgt.to(self.device)
         opt.zero_grad(set_to_none=True)
         ctx_amp = torch.autocast("cuda", dtype=amp) if amp is not None else contextlib.nullcontext()
         with ctx_amp:

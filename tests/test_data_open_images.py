@@ -185,9 +185,15 @@ def test_dense_and_auto_storage(
     auto = open_images.prepare(release.root, tmp_path / "auto2", dense_limit_bytes=1000)
     assert "train" not in auto.splits and "train" in auto.sparse_splits
     assert load_sparse_split(tmp_path / "auto2", "train") is not None
-    # the plain contract loader still reads the dense test split of a sparse dataset
+    # the plain contract loader reads the sparse train split as a Split whose labels are the
+    # SparseLabels (rows made dense on access), the test split dense
     plain = PreparedDataset.load(tmp_path / "auto2")
-    assert set(plain.splits) == {"test"}
+    assert set(plain.splits) == {"train", "test"}
+    assert isinstance(plain.splits["train"].labels, SparseLabels)
+    assert isinstance(plain.splits["test"].labels, np.ndarray)
+    np.testing.assert_array_equal(
+        plain.splits["train"].labels[[2, 0]], auto.sparse_splits["train"].to_dense([2, 0])
+    )
 
 
 @needs_descriptions
@@ -473,6 +479,26 @@ def test_sparse_to_dense_batches() -> None:
     np.testing.assert_array_equal(sp.to_dense(slice(10, 30, 3)), dense[10:30:3])
     assert sp.to_dense([1]).dtype == np.int8
     assert sp.nnz == int((dense != 0).sum())
+
+
+def test_sparse_labels_index_like_the_dense_matrix() -> None:
+    """What the trainer and cells do with train labels: rows, (rows, cols), masks, take."""
+    sp, dense = _random_sparse(3)
+    assert len(sp) == len(dense) and sp.shape == dense.shape and sp.dtype == dense.dtype
+    rows = np.array([4, 7, 4, 0])
+    np.testing.assert_array_equal(sp[rows], dense[rows])
+    np.testing.assert_array_equal(sp[rows, :12], dense[rows, :12])
+    np.testing.assert_array_equal(sp[3], dense[3])
+    np.testing.assert_array_equal(sp[5:20:4, 3:], dense[5:20:4, 3:])
+    mask = np.random.default_rng(0).random(len(dense)) < 0.5
+    np.testing.assert_array_equal(sp[mask], dense[mask])
+    sub = sp.take(mask)
+    assert isinstance(sub, SparseLabels)
+    np.testing.assert_array_equal(sub.to_dense(), dense[mask])
+    assert sub.image_ids.tolist() == sp.image_ids[mask].tolist()
+    np.testing.assert_array_equal(sp.take(rows).to_dense(), dense[rows])
+    with pytest.raises(IndexError):
+        sp[np.ones(3, dtype=bool)]
 
 
 def test_sparse_save_load_roundtrip(tmp_path: Path) -> None:

@@ -415,3 +415,27 @@ def test_checkpoint_of_other_features_is_not_resumed(tmp_path, capsys):
     ctx2 = dataclasses.replace(ctx, load_features=lambda split: other, _cache={})
     res = Trainer(_cfg(epochs=1), ctx2).fit(TinyModule())
     assert res.resumed_from == 0 and res.epochs_run == 1
+
+
+def test_sparse_train_labels_train_exactly_as_dense(tmp_path):
+    """Open Images train labels stay sparse (9M x 7,586 would be 64 GB dense): the trainer
+    makes each batch's rows dense, and the result equals training on the dense matrix."""
+    from dataclasses import replace
+
+    from pipelines.data.prepared import Split
+    from pipelines.data.sparse_labels import SparseLabels
+
+    dense_ctx = fake_context(tmp_path / "dense")
+    ids = np.asarray([f"i{k}" for k in range(len(dense_ctx.train_labels))])
+    sparse = SparseLabels.from_dense(Split(ids, dense_ctx.train_labels))
+    sparse_ctx = replace(dense_ctx, train_labels=sparse, workdir=tmp_path / "sparse", _cache={})
+    runs = []
+    for ctx in (dense_ctx, sparse_ctx):
+        torch.manual_seed(0)
+        module = TinyModule(dropout=0.0)
+        res = Trainer(_cfg(epochs=2, lr=3e-2, val_fraction=0.25), ctx).fit(module)
+        runs.append((res.history, module.head.weight.detach().clone()))
+    (h_dense, w_dense), (h_sparse, w_sparse) = runs
+    assert torch.equal(w_dense, w_sparse)
+    assert [h["train_loss"] for h in h_dense] == [h["train_loss"] for h in h_sparse]
+    assert h_dense[-1]["val_seen_mAP"] == h_sparse[-1]["val_seen_mAP"]

@@ -71,9 +71,15 @@ class LabelSpace:
 @dataclass
 class Split:
     image_ids: np.ndarray  # unicode array (N,)
-    labels: np.ndarray  # int8 (N, S+U)
+    labels: np.ndarray  # int8 (N, S+U), or a SparseLabels for a split stored sparsely
 
     def __post_init__(self) -> None:
+        if not isinstance(self.labels, np.ndarray):  # SparseLabels: validated on construction
+            if len(self.image_ids) != self.labels.shape[0]:
+                raise ValueError(
+                    f"labels shape {self.labels.shape} does not match {len(self.image_ids)} image ids"
+                )
+            return
         if self.labels.dtype != np.int8:
             raise TypeError(f"labels must be int8, got {self.labels.dtype}")
         if self.labels.ndim != 2 or len(self.image_ids) != self.labels.shape[0]:
@@ -105,6 +111,9 @@ class PreparedDataset:
                     raise ValueError(
                         f"{split_name}: {split.labels.shape[1]} label columns, label space has {C}"
                     )
+                if not isinstance(split.labels, np.ndarray):  # SparseLabels
+                    split.labels.save(tmp / f"{split_name}_sparse.npz")
+                    continue
                 save_npz(
                     tmp / f"{split_name}.npz",
                     image_ids=np.asarray(split.image_ids, dtype=str),
@@ -139,6 +148,12 @@ class PreparedDataset:
             if path.exists():
                 arrays = load_npz(path)
                 splits[split_name] = Split(arrays["image_ids"], arrays["labels"])
+            elif (root / f"{split_name}_sparse.npz").exists():
+                # too large to be dense (Open Images train): rows are made dense on access
+                from pipelines.data.sparse_labels import SparseLabels
+
+                sparse = SparseLabels.load(root / f"{split_name}_sparse.npz")
+                splits[split_name] = Split(sparse.image_ids, sparse)
         manifest = None
         if (root / "manifest.parquet").exists():
             import polars as pl

@@ -144,6 +144,53 @@ class SparseLabels:
         out[out_rows, self.col[idx]] = self.value[idx]
         return out
 
+    # ------------------------------------------------------------ array-like row access
+    # A SparseLabels stands in for the dense (N, C) int8 matrix wherever code only reads
+    # rows, as the trainer does batch by batch: ``labels[rows]`` and ``labels[rows, cols]``
+    # return dense int8 arrays of just those rows.
+    dtype = np.dtype(np.int8)
+    ndim = 2
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        rows, cols = key if isinstance(key, tuple) else (key, slice(None))
+        if isinstance(rows, int | np.integer):
+            return self.to_dense([int(rows)])[0][cols]
+        return self.to_dense(self._row_indices(rows))[:, cols]
+
+    def _row_indices(self, rows: Any) -> np.ndarray | slice:
+        if isinstance(rows, slice):
+            return rows
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            if len(rows) != len(self.image_ids):
+                raise IndexError(f"boolean mask of {len(rows)} rows for {len(self.image_ids)}")
+            return np.flatnonzero(rows)
+        return rows.astype(np.int64)
+
+    def take(self, rows: Any) -> SparseLabels:
+        """The sub-matrix of ``rows`` (indices or a boolean mask), still sparse."""
+        rows = self._row_indices(rows)
+        if isinstance(rows, slice):
+            rows = np.arange(len(self.image_ids))[rows]
+        ptr = self.indptr
+        starts, lengths = ptr[rows], ptr[rows + 1] - ptr[rows]
+        total = int(lengths.sum())
+        offsets = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        idx = np.repeat(starts, lengths) + offsets
+        new_row = np.repeat(np.arange(len(rows)), lengths)
+        return SparseLabels(
+            self.image_ids[rows], new_row, self.col[idx], self.value[idx], self.n_labels
+        )
+
+    def digest_update(self, h: Any) -> None:
+        """Feed the matrix to a hashlib object (what ``labels.tobytes()`` is for dense)."""
+        h.update(np.asarray(self.shape, np.int64).tobytes())
+        for a in (self.row, self.col, self.value):
+            h.update(np.ascontiguousarray(a).tobytes())
+
     def to_split(self) -> Split:
         return Split(self.image_ids, self.to_dense())
 
@@ -214,11 +261,14 @@ class SparsePreparedDataset(PreparedDataset):
 
     @classmethod
     def load(cls, root: str | Path) -> SparsePreparedDataset:
-        base = PreparedDataset.load(root)
-        sparse = {}
+        base = PreparedDataset.load(root)  # holds sparse splits as Split(ids, SparseLabels)
+        dense = {k: v for k, v in base.splits.items() if isinstance(v.labels, np.ndarray)}
+        sparse = {k: v.labels for k, v in base.splits.items() if k not in dense}
         for path in sorted(Path(root).glob(f"*{SPARSE_SUFFIX}")):
-            sparse[path.name[: -len(SPARSE_SUFFIX)]] = SparseLabels.load(path)
-        return cls(base.name, base.label_space, base.splits, base.manifest, base.meta, sparse)
+            name = path.name[: -len(SPARSE_SUFFIX)]
+            if name not in sparse and name not in dense:
+                sparse[name] = SparseLabels.load(path)
+        return cls(base.name, base.label_space, dense, base.manifest, base.meta, sparse)
 
     def split_labels(self, split: str, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Dense labels of ``rows`` of a split, whichever way it is stored."""

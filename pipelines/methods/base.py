@@ -40,7 +40,7 @@ class CellContext:
     dataset: str
     variant: str
     label_space: LabelSpace
-    train_labels: np.ndarray
+    train_labels: np.ndarray  # (N, S+U) int8, or SparseLabels (rows made dense on access)
     test_labels: np.ndarray
     backbone_name: str
     device: torch.device
