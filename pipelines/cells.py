@@ -7,6 +7,7 @@ evaluation and tracking meet. The CLI, the DVC stages and the Dagster assets all
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -22,9 +23,16 @@ from pipelines.data.images import open_images
 from pipelines.data.prepared import PreparedDataset
 from pipelines.evaluate import evaluate_scores
 from pipelines.graph import Stage
-from pipelines.io import atomic_path, load_npz, save_npz, write_json
+from pipelines.io import (
+    atomic_path,
+    is_main_process,
+    load_npz,
+    save_npz,
+    world_size,
+    write_json,
+)
 from pipelines.methods.base import CellContext
-from pipelines.tracking import mlflow_run
+from pipelines.tracking import Tracker, mlflow_run
 from pipelines.vlp.backbone import Backbone, create_backbone, resolve_device
 from pipelines.vlp.features import extract_features, load_features
 
@@ -264,7 +272,8 @@ def _restrict_to_featurised(ds: PreparedDataset, feat_dir: Path) -> PreparedData
         if len(have) == len(sp.image_ids):
             continue
         keep = np.isin(sp.image_ids, np.asarray(have, dtype=str))
-        splits[name] = Split(sp.image_ids[keep], sp.labels[keep])
+        labels = sp.labels[keep] if isinstance(sp.labels, np.ndarray) else sp.labels.take(keep)
+        splits[name] = Split(sp.image_ids[keep], labels)
     if all(splits[k] is ds.splits[k] for k in splits):
         return ds
     return PreparedDataset(ds.name, ds.label_space, splits, ds.manifest, ds.meta)
@@ -273,7 +282,12 @@ def _restrict_to_featurised(ds: PreparedDataset, feat_dir: Path) -> PreparedData
 def run_cell(
     params: Params, dataset: str, variant: str, *, progress: bool = True
 ) -> dict[str, Any]:
-    """Train (if the method trains) and evaluate one cell; write its folder atomically."""
+    """Train (if the method trains) and evaluate one cell; write its folder atomically.
+
+    Under torchrun every rank trains (the trainer wraps the module in DDP); rank 0 alone
+    predicts, evaluates, writes the cell folder and logs the MLflow run; the other ranks
+    return ``{}`` once training is done."""
+    main = is_main_process()
     var = params.variants[variant]
     config = params.method_config(variant)
     method = method_class(var.method)(config)
@@ -293,9 +307,12 @@ def run_cell(
         "eval": params.datasets[dataset].eval.model_dump(mode="json"),
     }
     tags = {"dataset": dataset, "variant": variant, "method": var.method, "backbone": backbone}
-    with mlflow_run(
-        params, f"ovml/{dataset}", variant, tags=tags, run_params=run_params
-    ) as tracker:
+    tracking = (
+        mlflow_run(params, f"ovml/{dataset}", variant, tags=tags, run_params=run_params)
+        if main
+        else contextlib.nullcontext(Tracker(None))
+    )
+    with tracking as tracker:
         prepared = _restrict_to_featurised(
             PreparedDataset.load(params.path("data") / dataset),
             params.path("features") / dataset / backbone,
@@ -311,6 +328,8 @@ def run_cell(
         )
         t0 = time.time()
         fit_summary = method.fit(ctx)
+        if not main:
+            return {}
         t1 = time.time()
         scores = np.asarray(method.predict(ctx), dtype=np.float32)
         t2 = time.time()
@@ -371,6 +390,13 @@ def load_cell_scores(params: Params, dataset: str, variant: str) -> np.ndarray:
 def run_stage(params: Params, stage: Stage, *, progress: bool = True) -> Any:
     """Compute one graph stage (the single entry point of CLI, DVC and Dagster)."""
     setup_torch(params)
+    if world_size() > 1 and stage.kind != "cell":
+        raise RuntimeError(
+            f"{stage.name}: only cell stages run under torchrun. Build the cell's inputs in "
+            "one process first (`ovml stage features DATASET BACKBONE`, or `dvc repro` of "
+            "that stage), then `torchrun --nproc-per-node N -m pipelines.cli stage cell "
+            "DATASET VARIANT`"
+        )
     if stage.kind == "dataset":
         return build_dataset(params, *stage.key, progress=progress)
     if stage.kind == "images":

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from pipelines.config import REPO_ROOT, Params, method_module
-from pipelines.io import read_json, write_json
+from pipelines.io import is_main_process, read_json, write_json
 
 STAMP = ".ovml-stage.json"
 LIBRARY_CODE: tuple[str, ...] = ()  # shared helpers are not deps: editing them reruns nothing
@@ -281,7 +281,10 @@ def is_fresh(params: Params, graph: dict[str, Stage], name: str) -> bool:
 
 def write_stamp(params: Params, graph: dict[str, Stage], name: str, fp: str | None = None) -> None:
     """Record that ``name``'s output was computed from ``fp`` (take it *before* running,
-    so code edited while a stage runs leaves the stage stale, not falsely fresh)."""
+    so code edited while a stage runs leaves the stage stale, not falsely fresh). Only
+    rank 0 writes under torchrun."""
+    if not is_main_process():
+        return
     write_json(
         params.root / graph[name].out / STAMP,
         {"stage": name, "fingerprint": fp or fingerprint(params, graph, name)},

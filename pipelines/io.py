@@ -101,3 +101,14 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def world_size() -> int:
+    """Processes in this torchrun job (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun, or a plain single process: the only one that writes results,
+    stage stamps and MLflow runs (the other ranks only train, in DistributedDataParallel)."""
+    return int(os.environ.get("RANK", "0")) == 0
