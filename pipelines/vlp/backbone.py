@@ -92,9 +92,12 @@ class Backbone:
     def image_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised (global (B, D), patches (B, P, D)) in the joint space; differentiable."""
         visual = self.model.visual
+        if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
+            return resnet_tokens(visual, pixels)
         if not isinstance(visual, open_clip.transformer.VisionTransformer):
             raise TypeError(
-                f"{self.name}: patch tokens need a ViT image tower, got {type(visual).__name__}"
+                f"{self.name}: patch tokens need a ViT or ModifiedResNet image tower, "
+                f"got {type(visual).__name__}"
             )
         was = visual.output_tokens
         visual.output_tokens = True
@@ -128,6 +131,24 @@ class Backbone:
             for i in range(0, len(texts), batch_size)
         ]
         return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
+
+
+def resnet_tokens(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled (B, D), dense (B, h*w, D)) of an open_clip ModifiedResNet (CLIP's RN towers).
+
+    The pooled embedding is the attention pool's output; the dense tokens are each cell of
+    the last feature map (plus its position embedding) through the pool's value and output
+    projections, i.e. what the pool would return if a cell attended only to itself: the
+    usual way to read CLIP-aligned spatial features off a ResNet (MaskCLIP, Zhou et al. 2022).
+    """
+    x = visual.stem(pixels)
+    for layer in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
+        x = layer(x)
+    pool = visual.attnpool
+    pooled = pool(x)
+    cells = x.flatten(2).transpose(1, 2)  # (B, h*w, C)
+    cells = cells + pool.positional_embedding[1:].to(cells.dtype)
+    return pooled, pool.c_proj(pool.v_proj(cells))
 
 
 def create_backbone(
