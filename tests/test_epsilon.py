@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipelines.methods.epsilon import (
     Config,
@@ -21,6 +22,7 @@ from pipelines.methods.epsilon import (
     variance_regulariser,
     word_vector_embeddings,
 )
+from pipelines.methods.qks import classification_loss
 from pipelines.train import Batch
 from tests.test_train import SEEN, UNSEEN, fake_context
 
@@ -127,6 +129,52 @@ def test_fit_predict_and_summary(tmp_path, opts):
     assert summary["modules"] == {"gpa": opts.get("gpa", True), "gfp": opts.get("gfp", True)}
     width = 128 * (int(opts.get("gpa", True)) + int(opts.get("gfp", True)))
     assert method.module.fuser.in_features == width
+
+
+def test_ranknet_ignores_a_component_every_label_shares():
+    """Why centring helps: adding the same vector to every label embedding shifts each
+    image's scores by one offset, which Eq. 9-10 cannot see but cross-image mAP can."""
+    torch.manual_seed(0)
+    labels = F.normalize(torch.randn(6, 4), dim=-1)
+    sem = torch.randn(3, 1, 4)  # M = 1, so the max over groups is the plain inner product
+    y = torch.tensor([[1, -1, -1, 1, 0, -1], [-1, 1, -1, -1, -1, 1], [1, 1, -1, -1, 1, -1]])
+    shared = torch.randn(1, 4)
+    a = ranknet_loss(max_over_groups(sem, labels), y)
+    b = ranknet_loss(max_over_groups(sem, labels + shared), y)
+    assert torch.allclose(a, b, atol=1e-5)
+    offsets = max_over_groups(sem, labels + shared) - max_over_groups(sem, labels)
+    assert offsets.std(dim=0).max() > 0.1  # a per-image offset, different across images
+
+
+def test_center_labels_and_classification_objective(tmp_path):
+    ctx = fake_context(tmp_path)
+    method = Epsilon(_cfg(center_labels=True, objective="classification"))
+    summary = method.fit(ctx)
+    emb = method.module.label_emb
+    assert summary["label_embeddings"]["centered_on_seen_mean"] is True
+    assert emb[: ctx.n_seen].mean(dim=0).norm() < 0.2 * emb[: ctx.n_seen].norm(dim=1).mean()
+    assert torch.allclose(emb.norm(dim=1), torch.ones(len(emb)), atol=1e-5)
+    out = method.module(Batch(torch.arange(4), *_feats(ctx, 4)))
+    y = torch.tensor(ctx.train_labels[:4, : ctx.n_seen])
+    expected = classification_loss(method.module.scores(out), y)
+    assert torch.allclose(method.module.loss(out, y), expected)
+
+
+def test_class_token_joins_the_image_tokens(tmp_path):
+    """tokens: all feeds [class token; patches] (the ViT's whole output), "patches" P tokens."""
+    ctx = fake_context(tmp_path)
+    seen = []
+    for tokens in ("all", "patches"):
+        module = EpsilonModule(_cfg(tokens=tokens, gpa=False), ctx, ctx.label_embeddings("pool"))
+        module.gfp.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[1]))
+        module(Batch(torch.arange(2), *_feats(ctx, 2)))
+    n_patches = ctx.features("train").patches.shape[1]
+    assert seen == [n_patches + 1, n_patches]
+
+
+def _feats(ctx, n):
+    f = ctx.features("train")
+    return f.global_[:n].float(), f.patches[:n].float()
 
 
 def test_frozen_tower_gets_no_gradient_in_images_mode(tmp_path):

@@ -36,6 +36,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pipelines.methods.base import CellContext, Method, MethodConfig
+from pipelines.methods.qks import classification_loss
 from pipelines.train import (
     Batch,
     ImageTower,
@@ -72,10 +73,21 @@ class Config(MethodConfig):
     heads: Annotated[int, Field(ge=1)] = 8
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
     gfp_hidden: Annotated[int, Field(ge=1)] | None = None  # GFP MLP hidden width (None = D)
+    # The image tokens F: the ViT's whole output sequence, class token first ("all", as the
+    # paper's ViT-B/16 gives), or the patch tokens alone.
+    tokens: Literal["all", "patches"] = "all"
     label_embeddings: Literal["clip", "word_vectors"] = "clip"
     prompts: Literal["single", "pool"] = "pool"  # clip label embeddings
     word_vectors: str | None = None  # a "word v1 v2 ..." text file (GloVe format)
     oov: Literal["error", "skip", "zero"] = "error"  # words missing from the word-vector file
+    # Subtract the seen labels' mean embedding (then re-normalise). The ranking loss only sees
+    # score differences within an image, so a component shared by every label embedding
+    # gives each image a free score offset that mixes up images at test time.
+    center_labels: bool = False
+    # "ranking": Eq. 9-13, the paper. "classification": a diagnostic that is not in the paper;
+    # the same scores trained with sigmoid cross-entropy over the seen labels (QKS Eq. 7),
+    # which, unlike RankNet, also orders images against each other for every label.
+    objective: Literal["ranking", "classification"] = "ranking"
     train: TrainConfig = PAPER_TRAIN
 
     @model_validator(mode="after")
@@ -300,7 +312,9 @@ class EpsilonModule(TrainModule):
         self.register_buffer("label_emb", label_emb.float(), persistent=False)
 
     def forward(self, batch: Batch, *, seen_only: bool = True) -> dict[str, torch.Tensor]:
-        _, f = features_or_tower(batch, self.tower)
+        g, f = features_or_tower(batch, self.tower)
+        if self.cfg.tokens == "all":
+            f = torch.cat([g.unsqueeze(1).to(f.dtype), f], dim=1)  # [class token; patches]
         f = f.float()
         parts = [mod(f) for mod in (self.gfp, self.gpa) if mod is not None]  # Eq. 7: [GoS; GrS]
         semantics = self.fuser(torch.cat(parts, dim=-1))  # Eq. 8: (B, M, d_w)
@@ -313,6 +327,9 @@ class EpsilonModule(TrainModule):
         )
 
     def loss(self, outputs: dict[str, torch.Tensor], targets: torch.Tensor):
+        if self.cfg.objective == "classification":
+            scores = max_over_groups(outputs["semantics"].float(), outputs["labels"].float())
+            return classification_loss(scores, targets)
         return epsilon_loss(
             outputs["semantics"].float(), outputs["labels"].float(), targets, self.cfg.lambda_reg
         )
@@ -340,6 +357,9 @@ class Epsilon(Method):
     def fit(self, ctx: CellContext) -> dict[str, Any]:
         cfg: Config = self.config
         emb, emb_info = self.label_embeddings(ctx)
+        if cfg.center_labels:
+            emb = F.normalize(emb - emb[: ctx.n_seen].mean(dim=0, keepdim=True), dim=-1)
+            emb_info = {**emb_info, "centered_on_seen_mean": True}
         self.module = EpsilonModule(cfg, ctx, emb)
         self.trainer = Trainer(
             cfg.train,
