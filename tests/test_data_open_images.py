@@ -563,3 +563,31 @@ def test_sparse_prepared_dataset_roundtrip(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         bad.save(tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_sparse_split_survives_dead_link_filtering(tmp_path: Path) -> None:
+    """Cells keep only images with features; a sparse train split stays sparse doing so."""
+    from pipelines.cells import _restrict_to_featurised
+    from pipelines.data.prepared import Label, LabelSpace, PreparedDataset
+    from pipelines.io import write_json
+
+    sp, dense = _random_sparse(4, n=12, c=5)
+    space = LabelSpace(
+        [Label(str(i), f"n{i}") for i in range(3)], [Label("u0", "u"), Label("u1", "u")]
+    )
+    test = Split(np.array(["t0", "t1"]), np.zeros((2, 5), dtype=np.int8))
+    PreparedDataset("x", space, {"train": Split(sp.image_ids, sp), "test": test}).save(
+        tmp_path / "ds"
+    )
+    ds = PreparedDataset.load(tmp_path / "ds")
+    keep = [1, 4, 5, 11]
+    write_json(
+        tmp_path / "feat" / "train" / "index.json",
+        {"image_ids": [f"img{i}" for i in keep]},
+    )
+    out = _restrict_to_featurised(ds, tmp_path / "feat")
+    labels = out.splits["train"].labels
+    assert isinstance(labels, SparseLabels)
+    np.testing.assert_array_equal(labels[np.arange(4)], dense[keep])
+    assert out.splits["train"].image_ids.tolist() == [f"img{i}" for i in keep]
+    assert out.splits["test"] is ds.splits["test"]
