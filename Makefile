@@ -50,6 +50,7 @@ ui: setup
 bench: setup
 	$(PY) bench/bench_metrics.py --quick
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_backbones.py
 
 # the downloader against img2dataset (which needs its own venv: it pins older webdataset/pandas)
 bench-download: setup

@@ -49,6 +49,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from pipelines.io import world_size
+
 if TYPE_CHECKING:
     from pipelines.methods.base import CellContext
 
@@ -286,7 +288,7 @@ class DistInfo:
 
 def setup_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
     """Initialise the process group from torchrun's environment when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1:
         return DistInfo(), device
     local = int(os.environ.get("LOCAL_RANK", "0"))

@@ -74,18 +74,14 @@ class Split:
     labels: np.ndarray  # int8 (N, S+U), or a SparseLabels for a split stored sparsely
 
     def __post_init__(self) -> None:
-        if not isinstance(self.labels, np.ndarray):  # SparseLabels: validated on construction
-            if len(self.image_ids) != self.labels.shape[0]:
-                raise ValueError(
-                    f"labels shape {self.labels.shape} does not match {len(self.image_ids)} image ids"
-                )
-            return
-        if self.labels.dtype != np.int8:
-            raise TypeError(f"labels must be int8, got {self.labels.dtype}")
         if self.labels.ndim != 2 or len(self.image_ids) != self.labels.shape[0]:
             raise ValueError(
                 f"labels shape {self.labels.shape} does not match {len(self.image_ids)} image ids"
             )
+        if not isinstance(self.labels, np.ndarray):  # SparseLabels: validated on construction
+            return
+        if self.labels.dtype != np.int8:
+            raise TypeError(f"labels must be int8, got {self.labels.dtype}")
         bad = ~np.isin(self.labels, (-1, 0, 1))
         if bad.any():
             raise ValueError("labels must only contain -1, 0 and +1")
