@@ -146,14 +146,26 @@ def backbone_weights(params: Params, backbone: str) -> str:
 
 
 def load_backbone(params: Params, backbone: str) -> Backbone:
+    """The backbone with its declared weights; weights that cannot be loaded are an error
+    naming the file and the stage (or params key) that provides them, never a random tower."""
     cfg = params.backbones[backbone]
-    return create_backbone(
-        cfg.model,
-        backbone_weights(params, backbone),
-        device=resolve_device(params.device),
-        precision=cfg.precision,
-        name=backbone,
-    )
+    try:
+        return create_backbone(
+            cfg.model,
+            backbone_weights(params, backbone),
+            device=resolve_device(params.device),
+            precision=cfg.precision,
+            name=backbone,
+        )
+    except (FileNotFoundError, OSError, RuntimeError, ValueError) as err:
+        if cfg.weights == "pretrain":
+            fix = (
+                f"it is made by stage backbone@{backbone}: rebuild it with "
+                f"`ovml stage backbone {backbone}` (or any `ovml run` that needs it)"
+            )
+        else:
+            fix = f"check backbones.{backbone}.weights ({cfg.weights!r}) in params.yaml"
+        raise FileNotFoundError(f"backbone {backbone!r}: {err}; {fix}") from err
 
 
 def pretrain_backbone(params: Params, backbone: str, *, progress: bool = True) -> Path:
@@ -279,8 +291,27 @@ def _restrict_to_featurised(ds: PreparedDataset, feat_dir: Path) -> PreparedData
     return PreparedDataset(ds.name, ds.label_space, splits, ds.manifest, ds.meta)
 
 
+def clear_checkpoints(work: Path) -> None:
+    """Remove the trainer's checkpoints of a cell workdir (only what the trainer writes)."""
+    import shutil
+
+    from pipelines.train import CHECKPOINT_PREFIX, LATEST
+
+    (work / LATEST).unlink(missing_ok=True)
+    for ckpt in work.glob(f"{CHECKPOINT_PREFIX}*"):
+        if ckpt.is_dir():
+            shutil.rmtree(ckpt)
+    for tmp in work.glob(f".{CHECKPOINT_PREFIX}*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run_cell(
-    params: Params, dataset: str, variant: str, *, progress: bool = True
+    params: Params,
+    dataset: str,
+    variant: str,
+    *,
+    progress: bool = True,
+    from_scratch: bool = False,
 ) -> dict[str, Any]:
     """Train (if the method trains) and evaluate one cell; write its folder atomically.
 
@@ -294,6 +325,8 @@ def run_cell(
     out = cell_dir(params, dataset, variant)
     work = params.path("results") / ".work" / dataset / variant  # checkpoints survive a kill
     work.mkdir(parents=True, exist_ok=True)
+    if from_scratch and main:  # `--force`: train again, resume nothing
+        clear_checkpoints(work)
     torch.manual_seed(params.seed)
     np.random.seed(params.seed)
     backbone = params.backbone_for(dataset, variant)
@@ -379,7 +412,20 @@ def run_cell(
 
 def load_cell_metrics(params: Params, dataset: str, variant: str) -> dict[str, Any] | None:
     path = cell_dir(params, dataset, variant) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{path}: unreadable ({err}); it is an output of stage cell@{dataset}@{variant}: "
+            f"rebuild it with `ovml run {dataset} {variant} --force`"
+        ) from None
+    if not isinstance(metrics, dict):
+        raise ValueError(
+            f"{path}: not a metrics object; rebuild it with `ovml run {dataset} {variant} --force`"
+        )
+    return metrics
 
 
 def load_cell_scores(params: Params, dataset: str, variant: str) -> np.ndarray:
@@ -387,8 +433,11 @@ def load_cell_scores(params: Params, dataset: str, variant: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------- stage
-def run_stage(params: Params, stage: Stage, *, progress: bool = True) -> Any:
-    """Compute one graph stage (the single entry point of CLI, DVC and Dagster)."""
+def run_stage(
+    params: Params, stage: Stage, *, progress: bool = True, from_scratch: bool = False
+) -> Any:
+    """Compute one graph stage (the single entry point of CLI, DVC and Dagster).
+    ``from_scratch``: a training cell resumes no checkpoint (``--force``)."""
     setup_torch(params)
     if world_size() > 1 and stage.kind != "cell":
         raise RuntimeError(
@@ -406,7 +455,7 @@ def run_stage(params: Params, stage: Stage, *, progress: bool = True) -> Any:
     if stage.kind == "features":
         return build_features(params, *stage.key, progress=progress)
     if stage.kind == "cell":
-        return run_cell(params, *stage.key, progress=progress)
+        return run_cell(params, *stage.key, progress=progress, from_scratch=from_scratch)
     if stage.kind == "table":
         from pipelines.tables import render_table
 

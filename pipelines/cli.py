@@ -55,9 +55,22 @@ def _params(path: Path) -> Params:
         raise typer.Exit(2) from None
 
 
-def _run(params: Params, targets: list[str], force: bool = False) -> list[str]:
+def _run(
+    params: Params,
+    targets: list[str],
+    force: bool = False,
+    *,
+    force_only: tuple[str, ...] = (),
+) -> list[str]:
+    """Run targets (and what they need). ``force`` reruns everything from scratch;
+    ``force_only`` reruns just those stages, from scratch (no checkpoint resumed)."""
     from pipelines.cells import run_stage
-    from pipelines.graph import run_stages
+    from pipelines.graph import build_graph, run_stages, upstream
+    from pipelines.redact import redact
+
+    from_scratch = set(force_only)
+    if force:
+        from_scratch |= set(upstream(build_graph(params), targets))
 
     def event(name: str, what: str) -> None:
         if what == "fresh":
@@ -65,13 +78,22 @@ def _run(params: Params, targets: list[str], force: bool = False) -> list[str]:
         else:
             console.print(f"[bold cyan]▶ {name}[/bold cyan]")
 
+    def stale(name: str, reason: str) -> None:
+        console.print(f"[dim]  {name} is stale: {reason}[/dim]", highlight=False)
+
     t0 = time.time()
     try:
         ran = run_stages(
-            params, targets, lambda p, st: run_stage(p, st), force=force, on_event=event
+            params,
+            targets,
+            lambda p, st: run_stage(p, st, from_scratch=st.name in from_scratch),
+            force=force,
+            force_only=force_only,
+            on_event=event,
+            on_stale=stale,
         )
-    except (ConfigError, FileNotFoundError, ValueError, KeyError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+    except (ConfigError, OSError, ValueError, KeyError, RuntimeError) as err:
+        console.print(f"[red]error:[/red] {redact(str(err))}", highlight=False)
         raise typer.Exit(1) from None
     console.print(f"[green]done[/green] in {time.time() - t0:.1f}s: {len(ran)} stage(s) ran")
     return ran
@@ -124,7 +146,12 @@ def run(
     dataset: str,
     variant: str,
     params: ParamsOpt = DEFAULT_PARAMS,
-    force: Annotated[bool, typer.Option(help="recompute the cell even if fresh")] = False,
+    force: Annotated[
+        bool, typer.Option(help="recompute the cell from scratch (no checkpoint resumed)")
+    ] = False,
+    force_upstream: Annotated[
+        bool, typer.Option(help="recompute the cell and everything it needs, from scratch")
+    ] = False,
 ) -> None:
     """Compute one cell (DATASET, VARIANT) and whatever it needs; print its metrics."""
     p = _params(params)
@@ -137,11 +164,9 @@ def run(
         console.print(
             f"[yellow]note:[/yellow] ({dataset}, {variant}) is in no table; running it anyway"
         )
-        _run_extra_cell(p, dataset, variant, force)
+        _run_extra_cell(p, dataset, variant, force, force_upstream)
     else:
-        if force:
-            _force_one(p, name)
-        _run(p, [name])
+        _run(p, [name], force=force_upstream, force_only=(name,) if force else ())
     from pipelines.cells import load_cell_metrics
 
     metrics = load_cell_metrics(p, dataset, variant) or {}
@@ -156,14 +181,9 @@ def run(
     out.print(tab)
 
 
-def _force_one(p: Params, name: str) -> None:
-    from pipelines.graph import STAMP, build_graph
-
-    stamp = p.root / build_graph(p)[name].out / STAMP
-    stamp.unlink(missing_ok=True)
-
-
-def _run_extra_cell(p: Params, dataset: str, variant: str, force: bool) -> None:
+def _run_extra_cell(
+    p: Params, dataset: str, variant: str, force: bool, force_upstream: bool = False
+) -> None:
     from pipelines.config import TableConfig
 
     extra = p.model_copy(
@@ -174,30 +194,33 @@ def _run_extra_cell(p: Params, dataset: str, variant: str, force: bool) -> None:
             }
         }
     )
-    if force:
-        _force_one(extra, f"cell@{dataset}@{variant}")
-    _run(extra, [f"cell@{dataset}@{variant}"])
+    name = f"cell@{dataset}@{variant}"
+    _run(extra, [name], force=force_upstream, force_only=(name,) if force else ())
 
 
 @app.command()
 def table(
     name: str,
     params: ParamsOpt = DEFAULT_PARAMS,
-    force: Annotated[bool, typer.Option(help="recompute even fresh stages")] = False,
+    force: Annotated[bool, typer.Option(help="re-render the table even if fresh")] = False,
+    force_upstream: Annotated[
+        bool, typer.Option(help="recompute the table and everything upstream, from scratch")
+    ] = False,
 ) -> None:
     """Compute a table (and its cells) and print it."""
     p = _params(params)
     if name not in p.tables:
         console.print(f"[red]error:[/red] unknown table {name!r} (known: {', '.join(p.tables)})")
         raise typer.Exit(2)
-    _run(p, [f"table@{name}"], force=force)
+    target = f"table@{name}"
+    _run(p, [target], force=force_upstream, force_only=(target,) if force else ())
     _print_table(p, name)
 
 
 @app.command("list")
 def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
-    """Datasets, variants, tables, and whether each stage is up to date."""
-    from pipelines.graph import build_graph, is_fresh
+    """Datasets, variants, tables, and whether each stage is up to date (and if not, why)."""
+    from pipelines.graph import build_graph, stage_status
 
     p = _params(params)
     graph = build_graph(p)
@@ -205,11 +228,14 @@ def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     tab.add_column("stage")
     tab.add_column("state")
     tab.add_column("output")
+    tab.add_column("why")
     for name, st in graph.items():
+        fresh, reason = stage_status(p, graph, name)
         tab.add_row(
             name,
-            "[green]fresh[/green]" if is_fresh(p, graph, name) else "[yellow]stale[/yellow]",
+            "[green]fresh[/green]" if fresh else "[yellow]stale[/yellow]",
             st.out,
+            "" if fresh else reason,
         )
     out.print(tab)
     out.print("variants: " + ", ".join(f"{v} ({c.method})" for v, c in p.variants.items()))
@@ -219,7 +245,8 @@ def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 def stage(kind: str, key: list[str], params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Run exactly one stage, without its upstream (dvc.yaml's commands)."""
     from pipelines.cells import run_stage
-    from pipelines.graph import build_graph, fingerprint, write_stamp
+    from pipelines.graph import StaleInputError, build_graph, check_inputs, fingerprint, write_stamp
+    from pipelines.redact import redact
 
     p = _params(params)
     graph = build_graph(p)
@@ -227,9 +254,48 @@ def stage(kind: str, key: list[str], params: ParamsOpt = DEFAULT_PARAMS) -> None
     if name not in graph:
         console.print(f"[red]error:[/red] no stage {name!r} (see `ovml list`)")
         raise typer.Exit(2)
+    try:
+        check_inputs(p, graph, name)
+    except StaleInputError as err:
+        console.print(f"[red]error:[/red] {name}: {redact(str(err))}", highlight=False)
+        raise typer.Exit(1) from None
     fp = fingerprint(p, graph, name)
     run_stage(p, graph[name])
     write_stamp(p, graph, name, fp)
+
+
+@app.command()
+def verify(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    fast: Annotated[
+        bool, typer.Option(help="trust files whose size and mtime match (no hashing)")
+    ] = False,
+) -> None:
+    """Check every stage's outputs on disk against its record (sha256); exit 1 on a mismatch."""
+    from pipelines.graph import build_graph, check_outputs, read_record
+
+    p = _params(params)
+    graph = build_graph(p)
+    bad = 0
+    for name, st in graph.items():
+        rec = read_record(p, graph, name)
+        if rec is None:
+            out.print(f"[dim]- {name}: no record (never run)[/dim]")
+            continue
+        outputs = rec.get("outputs")
+        if not isinstance(outputs, dict):
+            out.print(f"[yellow]? {name}: record has no output hashes (older ovml)[/yellow]")
+            continue
+        problems = check_outputs(p.root / st.out, outputs, deep=not fast)
+        if not problems:
+            out.print(f"[green]✓ {name}[/green]: {len(outputs)} file(s) match")
+            continue
+        bad += 1
+        for rel, why in problems:
+            out.print(f"[red]✗ {name}[/red]: {st.out}/{rel} {why}", highlight=False)
+    if bad:
+        console.print(f"[red]{bad} stage(s) differ from their records[/red]: rerun them")
+        raise typer.Exit(1)
 
 
 @app.command("dvc-yaml")

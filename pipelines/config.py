@@ -206,6 +206,9 @@ class Params(StrictModel):
                 first = err.errors()[0]
                 loc = ".".join(str(p) for p in first["loc"])
                 raise ValueError(f"variants.{name}.{loc}: {first['msg']}") from None
+        for ds, var in self.cells:
+            if ds in self.datasets and var in self.variants:
+                self._check_cell_backbone(ds, var)
         for name, tab in self.tables.items():
             for ds in tab.datasets:
                 if ds not in self.datasets:
@@ -217,6 +220,24 @@ class Params(StrictModel):
             if name not in self.tables:
                 raise ValueError(f"demo_tables: unknown table {name!r}")
         return self
+
+    def _check_cell_backbone(self, dataset: str, variant: str) -> None:
+        """A method config that cannot run on its cell's backbone (``heads`` that do not
+        divide the embedding width) is a params error, not a bare assert mid-training."""
+        bb = self.backbone_for(dataset, variant)
+        if bb not in self.backbones:
+            return
+        dim = backbone_embed_dim(self.backbones[bb].model)
+        if dim is None:
+            return
+        var = self.variants[variant]
+        try:
+            method_config_class(var.method).model_validate(var.options).check_backbone(dim)
+        except ValueError as err:
+            raise ValueError(
+                f"variants.{variant}.{err} (backbone {bb!r}, model {self.backbones[bb].model}, "
+                f"dataset {dataset!r})"
+            ) from None
 
     # ------------------------------------------------------------------ derived views
     def path(self, kind: Literal["data", "models", "features", "results"]) -> Path:
@@ -256,6 +277,27 @@ class Params(StrictModel):
         return uri
 
 
+# ---------------------------------------------------------------------------- backbones
+def backbone_embed_dim(model: str) -> int | None:
+    """The joint embedding width of an open_clip architecture, read from its JSON config
+    (ours in pipelines/vlp/model_configs, else open_clip's) without importing open_clip."""
+    import importlib.util
+    import json
+
+    dirs = [REPO_ROOT / "pipelines" / "vlp" / "model_configs"]
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.submodule_search_locations:
+        dirs += [Path(p) / "model_configs" for p in spec.submodule_search_locations]
+    for d in dirs:
+        path = d / f"{model}.json"
+        if path.is_file():
+            try:
+                return int(json.loads(path.read_text())["embed_dim"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
 # ------------------------------------------------------------------------------ methods
 def available_methods() -> list[str]:
     """Method names = the modules of pipelines/methods (no registry to fill by import)."""
@@ -284,6 +326,32 @@ def method_config_class(name: str) -> type[BaseModel]:
 
 
 # ------------------------------------------------------------------------------ loading
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping spells the same key twice (YAML would silently keep the last one)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys in a mapping, naming both lines.
+
+    Checked on the composed node, before merge keys are applied, so ``<<: *anchor``
+    followed by an override of one of the anchor's keys stays legal."""
+
+    def compose_mapping_node(self, anchor):  # type: ignore[no-untyped-def]
+        node = super().compose_mapping_node(anchor)
+        first: dict[str, int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key.start_mark.line + 1
+            if key.value in first:
+                raise DuplicateKeyError(
+                    f"{line}: duplicate key {key.value!r} (also on line {first[key.value]}); "
+                    "the later one would silently win: keep one"
+                )
+            first[key.value] = line
+        return node
+
+
 def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Params:
     """Load and validate params.yaml. Raises ConfigError naming the file and key."""
     path = Path(path) if path is not None else default_params_path()
@@ -292,7 +360,9 @@ def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such params file") from None
     try:
-        raw = yaml.safe_load(text) or {}
+        raw = yaml.load(text, Loader=UniqueKeyLoader) or {}  # noqa: S506 (a SafeLoader)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}:{err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

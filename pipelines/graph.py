@@ -265,29 +265,162 @@ def fingerprint(
         h.update(code.encode() + _file_digest(REPO_ROOT / code).encode())
     for dep in st.deps:
         h.update(fingerprint(params, graph, dep, memo).encode())
+        h.update(recorded_outputs_digest(params, graph, dep).encode())
     memo[name] = h.hexdigest()
     return memo[name]
 
 
-def is_fresh(params: Params, graph: dict[str, Stage], name: str) -> bool:
-    stamp = params.root / graph[name].out / STAMP
-    if not stamp.exists():
-        return False
+def read_record(params: Params, graph: dict[str, Stage], name: str) -> dict[str, Any] | None:
+    """The stage record ``<out>/.ovml-stage.json`` of ``name`` (None if absent or unreadable)."""
     try:
-        return read_json(stamp).get("fingerprint") == fingerprint(params, graph, name)
+        rec = read_json(params.root / graph[name].out / STAMP)
     except (OSError, ValueError):
-        return False
+        return None
+    return rec if isinstance(rec, dict) else None
 
 
-def write_stamp(params: Params, graph: dict[str, Stage], name: str, fp: str | None = None) -> None:
+def recorded_outputs_digest(params: Params, graph: dict[str, Stage], name: str) -> str:
+    """One hash of the output hashes ``name``'s record holds ("none" without a record):
+    part of every downstream fingerprint, so a rebuilt upstream whose files differ makes
+    its dependants stale in every view (CLI, DVC, Dagster), not only in :func:`run_stages`."""
+    rec = read_record(params, graph, name)
+    outputs = rec.get("outputs") if rec else None
+    if not isinstance(outputs, dict):
+        return "none"
+    pairs = sorted(
+        (k, v.get("sha256") if isinstance(v, dict) else None) for k, v in outputs.items()
+    )
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
+
+
+def _output_files(out_dir: Path) -> list[Path]:
+    """Every regular file under a stage's output (the record itself excluded)."""
+    if out_dir.is_file():
+        return [out_dir]
+    if not out_dir.is_dir():
+        return []
+    return sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != STAMP)
+
+
+def hash_outputs(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """``{relpath: {"size", "mtime_ns", "sha256"}}`` of every file a stage left in its folder."""
+    from pipelines.io import sha256_file
+
+    files: dict[str, dict[str, Any]] = {}
+    for path in _output_files(out_dir):
+        st = path.stat()
+        rel = path.name if out_dir.is_file() else str(path.relative_to(out_dir))
+        files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
+    return files
+
+
+def check_outputs(
+    out_dir: Path, outputs: dict[str, Any], *, deep: bool = False
+) -> list[tuple[str, str]]:
+    """Files of ``out_dir`` that differ from a record's ``outputs``: ``[(relpath, why)]``.
+
+    Fast path: a file whose size and mtime_ns match the record is taken as unchanged; a
+    file whose mtime moved (a copy, a ``touch``) is hashed, and only a different sha256
+    counts. ``deep`` hashes every file whatever its mtime.
+    """
+    from pipelines.io import sha256_file
+
+    bad: list[tuple[str, str]] = []
+    for rel, want in outputs.items():
+        path = out_dir if out_dir.is_file() else out_dir / rel
+        if not path.is_file():
+            bad.append((rel, "missing"))
+            continue
+        st = path.stat()
+        if st.st_size != want.get("size"):
+            bad.append((rel, f"changed (size {want.get('size')} -> {st.st_size} bytes)"))
+            continue
+        moved = deep or st.st_mtime_ns != want.get("mtime_ns")
+        if moved and sha256_file(path) != want.get("sha256"):
+            bad.append((rel, "changed (content differs from the record's sha256)"))
+    return bad
+
+
+def stage_status(
+    params: Params, graph: dict[str, Stage], name: str, *, deep: bool = False
+) -> tuple[bool, str]:
+    """``(fresh, reason)``: fresh when the record's fingerprint matches the inputs (params,
+    code, upstream records) and every recorded output is on disk unchanged."""
+    st = graph[name]
+    out_dir = params.root / st.out
+    rec = read_record(params, graph, name)
+    if rec is None:
+        if (out_dir / STAMP).exists():
+            return False, f"record {st.out}/{STAMP} is unreadable"
+        return False, "never run (no stage record)"
+    if rec.get("fingerprint") != fingerprint(params, graph, name):
+        return False, "inputs changed (params, code or an upstream stage)"
+    outputs = rec.get("outputs")
+    if not isinstance(outputs, dict):
+        return False, "record has no output hashes (written by an older ovml)"
+    bad = check_outputs(out_dir, outputs, deep=deep)
+    if bad:
+        rel, why = bad[0]
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        return False, f"output {st.out}/{rel} {why}{more}"
+    return True, "up to date"
+
+
+def is_fresh(params: Params, graph: dict[str, Stage], name: str) -> bool:
+    return stage_status(params, graph, name)[0]
+
+
+def rebuild_hint(stage: Stage) -> str:
+    """How to rebuild a stage's outputs, for error messages."""
+    return f"stage {stage.name}; rebuild with `{stage.cmd}` (or `ovml run`/`ovml table`)"
+
+
+class StaleInputError(FileNotFoundError):
+    """An upstream output is missing or differs from its stage record."""
+
+
+def check_inputs(params: Params, graph: dict[str, Stage], name: str) -> None:
+    """Raise :class:`StaleInputError` naming the file and the stage that rebuilds it when an
+    output of one of ``name``'s upstream stages is missing or changed since it was recorded."""
+    for dep in graph[name].deps:
+        st = graph[dep]
+        rec = read_record(params, graph, dep)
+        outputs = rec.get("outputs") if rec else None
+        out_dir = params.root / st.out
+        if rec is None:
+            if not out_dir.exists():
+                raise StaleInputError(f"{out_dir}: missing; it is the output of {rebuild_hint(st)}")
+            continue
+        if not isinstance(outputs, dict):
+            continue
+        bad = check_outputs(out_dir, outputs)
+        if bad:
+            rel, why = bad[0]
+            raise StaleInputError(f"{out_dir / rel}: {why}; it is an output of {rebuild_hint(st)}")
+
+
+def write_stamp(
+    params: Params,
+    graph: dict[str, Stage],
+    name: str,
+    fp: str | None = None,
+    *,
+    outputs: dict[str, dict[str, Any]] | None = None,
+) -> None:
     """Record that ``name``'s output was computed from ``fp`` (take it *before* running,
-    so code edited while a stage runs leaves the stage stale, not falsely fresh). Only
-    rank 0 writes under torchrun."""
+    so code edited while a stage runs leaves the stage stale, not falsely fresh), with the
+    size, mtime and sha256 of every file in its output folder. Only rank 0 writes under
+    torchrun."""
     if not is_main_process():
         return
+    out_dir = params.root / graph[name].out
     write_json(
-        params.root / graph[name].out / STAMP,
-        {"stage": name, "fingerprint": fp or fingerprint(params, graph, name)},
+        out_dir / STAMP,
+        {
+            "stage": name,
+            "fingerprint": fp or fingerprint(params, graph, name),
+            "outputs": hash_outputs(out_dir) if outputs is None else outputs,
+        },
     )
 
 
@@ -298,15 +431,29 @@ def run_stages(
     *,
     force: bool = False,
     on_event: Callable[[str, str], None] = lambda name, what: None,
+    force_only: Iterable[str] = (),
+    on_stale: Callable[[str, str], None] = lambda name, reason: None,
 ) -> list[str]:
-    """Run targets and their upstream stages in order, skipping fresh ones. Returns ran stages."""
+    """Run targets and their upstream stages in order, skipping fresh ones. Returns ran stages.
+
+    ``force`` reruns every stage; ``force_only`` reruns just the stages it names (their
+    dependants rerun too, as for any stage that ran). ``on_stale(name, reason)`` says why
+    a stage that was not forced runs."""
     graph = build_graph(params)
+    forced = set(force_only)
     ran: list[str] = []
     for name in upstream(graph, targets):
-        upstream_ran = any(dep in ran for dep in graph[name].deps)
-        if not force and not upstream_ran and is_fresh(params, graph, name):
-            on_event(name, "fresh")
-            continue
+        upstream_ran = [dep for dep in graph[name].deps if dep in ran]
+        if force or name in forced:
+            pass
+        elif upstream_ran:
+            on_stale(name, f"upstream {upstream_ran[0]} ran")
+        else:
+            fresh, reason = stage_status(params, graph, name)
+            if fresh:
+                on_event(name, "fresh")
+                continue
+            on_stale(name, reason)
         on_event(name, "run")
         fp = fingerprint(params, graph, name)
         runner(params, graph[name])

@@ -12,7 +12,9 @@ import json
 import os
 import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    clean_stale_tmp(final)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{final.name}.{_owner_tag()}.", suffix=".tmp", dir=final.parent)
+    )
     target = tmp / final.name
     try:
         yield target
@@ -56,6 +61,57 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             os.replace(target, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _owner_tag() -> str:
+    return f"{safe_name(socket.gethostname(), max_len=40)}-{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(final: str | os.PathLike[str], *, max_age_s: float = 24 * 3600) -> list[Path]:
+    """Remove the temporary siblings a killed :func:`atomic_path` left beside ``final``:
+    ``.<name>.<host>-<pid>.*.tmp`` of a dead process on this host, and
+    ``.<name>.old.<pid>`` of a dead process. Untagged ones (older ovml) go once older than
+    ``max_age_s``. Returns what was removed."""
+    final = Path(final)
+    parent, name = final.parent, final.name
+    if not parent.is_dir():
+        return []
+    host = safe_name(socket.gethostname(), max_len=40)
+    tagged = re.compile(rf"^\.{re.escape(name)}\.(?P<host>[A-Za-z0-9._-]+)-(?P<pid>\d+)\..*\.tmp$")
+    old = re.compile(rf"^\.{re.escape(name)}\.old\.(?P<pid>\d+)$")
+    removed = []
+    now = time.time()
+    for p in parent.iterdir():
+        if not p.name.startswith(f".{name}."):
+            continue
+        if m := tagged.match(p.name):
+            stale = m["host"] == host and not _pid_alive(int(m["pid"]))
+        elif m := old.match(p.name):
+            stale = not _pid_alive(int(m["pid"]))
+        elif p.name.endswith(".tmp"):
+            try:
+                stale = now - p.stat().st_mtime > max_age_s
+            except OSError:
+                continue
+        else:
+            continue
+        if stale:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

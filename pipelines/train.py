@@ -673,8 +673,9 @@ class Trainer:
         )
 
     def _data_digest(self, mode: InputMode) -> str:
-        """Labels, label names and the frozen inputs (cached features, or the image tower's
-        weights): a checkpoint trained on another backbone or dataset is never resumed."""
+        """Labels, label names and every frozen input (the cached features, and the whole
+        backbone's weights, image and text towers both): a checkpoint trained on another
+        backbone, weights file or dataset is never resumed."""
         h = hashlib.sha256()
         labels = self.ctx.train_labels
         if isinstance(labels, np.ndarray):
@@ -683,10 +684,11 @@ class Trainer:
             labels.digest_update(h)
         h.update("\n".join(self.ctx.label_space.names()).encode())
         if mode == "features":
-            h.update(self.ctx.features("train").global_.contiguous().numpy().tobytes())
-        else:
-            for name, t in sorted(self.ctx.backbone.model.visual.state_dict().items()):
-                h.update(name.encode() + t.detach().float().cpu().contiguous().numpy().tobytes())
+            feats = self.ctx.features("train")
+            h.update(feats.global_.contiguous().numpy().tobytes())
+            h.update(feats.patches.contiguous().numpy().tobytes())
+        for name, t in sorted(self.ctx.backbone.model.state_dict().items()):
+            h.update(name.encode() + t.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
     def _step(

@@ -34,6 +34,20 @@ class MethodConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def check_backbone(self, embed_dim: int) -> None:
+        """Raise ValueError when this config cannot run on a backbone of ``embed_dim``
+        (params validation calls it for every cell; methods call it before building)."""
+
+
+def check_heads(heads: int, embed_dim: int) -> None:
+    """Multi-head attention splits the embedding into ``heads`` equal parts."""
+    if embed_dim % heads:
+        divisors = [h for h in range(1, min(embed_dim, 64) + 1) if embed_dim % h == 0]
+        raise ValueError(
+            f"heads: {heads} does not divide the backbone's embedding width {embed_dim}; "
+            f"use one of {divisors}"
+        )
+
 
 @dataclass
 class CellContext:

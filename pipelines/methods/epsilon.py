@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from pipelines.methods.base import CellContext, Method, MethodConfig
+from pipelines.methods.base import CellContext, Method, MethodConfig, check_heads
 from pipelines.methods.qks import classification_loss
 from pipelines.train import (
     Batch,
@@ -78,6 +78,10 @@ class Config(MethodConfig):
     tokens: Literal["all", "patches"] = "all"
     label_embeddings: Literal["clip", "word_vectors"] = "clip"
     prompts: Literal["single", "pool"] = "pool"  # clip label embeddings
+
+    def check_backbone(self, embed_dim: int) -> None:
+        check_heads(self.heads, embed_dim)
+
     word_vectors: str | None = None  # a "word v1 v2 ..." text file (GloVe format)
     oov: Literal["error", "skip", "zero"] = "error"  # words missing from the word-vector file
     # Subtract the seen labels' mean embedding (then re-normalise). The ranking loss only sees
@@ -299,6 +303,7 @@ class EpsilonModule(TrainModule):
         self.input_mode = "images" if images else "features"
         self.tower = ImageTower(bb, trainable=False) if images else None
         d = bb.embed_dim
+        cfg.check_backbone(d)
         self.gpa = (
             GroupPromptsAggregation(d, cfg.n_groups, cfg.gpa_layers, cfg.heads, cfg.dropout)
             if cfg.gpa

@@ -27,7 +27,7 @@ from open_clip.transformer import text_global_pool
 from pydantic import Field, model_validator
 from torch import nn
 
-from pipelines.methods.base import CellContext, Method, MethodConfig
+from pipelines.methods.base import CellContext, Method, MethodConfig, check_heads
 from pipelines.train import (
     Batch,
     ImageTower,
@@ -66,6 +66,9 @@ class Config(MethodConfig):
     unfreeze_text: bool = False  # Table 3 (label embeddings through the text tower, with gradients)
     encoder_lr_scale: Annotated[float, Field(gt=0)] = 1.0  # lr multiplier for unfrozen VLP encoders
     train: TrainConfig = PAPER_TRAIN
+
+    def check_backbone(self, embed_dim: int) -> None:
+        check_heads(self.heads, embed_dim)
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -294,6 +297,7 @@ class QKSModule(TrainModule):
         self.input_mode = "images" if images else "features"
         self.tower = ImageTower(bb, trainable=cfg.unfreeze_vision) if images else None
         d = bb.embed_dim
+        cfg.check_backbone(d)
         grid = bb.model.visual.grid_size
         n_patches = int(np.prod(grid))
         self.extractor = KnowledgeExtractor(

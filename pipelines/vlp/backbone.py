@@ -170,6 +170,8 @@ def create_backbone(
         path = Path(weights.removeprefix("dir:"))
         if not (path / CONFIG_FILE).exists():
             raise FileNotFoundError(f"{path}: no {CONFIG_FILE}; was the backbone trained/saved?")
+        if not (path / WEIGHTS_FILE).is_file():  # open_clip would warn and init randomly
+            raise FileNotFoundError(f"{path / WEIGHTS_FILE}: backbone weights missing")
         model_id, pretrained = f"local-dir:{path}", None
     elif weights.startswith("open_clip:"):
         model_id, pretrained = model, weights.removeprefix("open_clip:")
@@ -184,9 +186,15 @@ def create_backbone(
         raise ValueError(f"unknown weights spec {weights!r}")
     if model_id == model and model not in open_clip.list_models():
         raise ValueError(f"unknown open_clip model {model!r}; see open_clip.list_models()")
-    clip, _, preprocess = open_clip.create_model_and_transforms(
-        model_id, pretrained=pretrained, device=device, precision=precision, weights_only=True
-    )
+    try:
+        clip, _, preprocess = open_clip.create_model_and_transforms(
+            model_id, pretrained=pretrained, device=device, precision=precision, weights_only=True
+        )
+    except Exception as err:  # safetensors / torch.load errors on a truncated or foreign file
+        if isinstance(err, FileNotFoundError | ValueError):
+            raise
+        where = path / WEIGHTS_FILE if weights.startswith("dir:") else pretrained or model_id
+        raise RuntimeError(f"{where}: cannot load backbone weights ({err})") from err
     clip.eval()
     tokenizer = open_clip.get_tokenizer(model_id)
     return Backbone(name or model, clip, tokenizer, preprocess, device)

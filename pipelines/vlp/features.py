@@ -93,16 +93,44 @@ def extract_features(
     return info
 
 
+def _rebuild(split_dir: Path) -> str:
+    """Which stage rebuilds a feature cache (``<features>/<dataset>/<backbone>/<split>``)."""
+    ds, bb = split_dir.parent.parent.name, split_dir.parent.name
+    return (
+        f"it is made by stage features@{ds}@{bb}: rebuild it with `ovml stage features {ds} {bb}`"
+    )
+
+
 def load_features(split_dir: Path, *, patches: bool = True) -> Features:
     split_dir = Path(split_dir)
     if not (split_dir / "index.json").exists():
         raise FileNotFoundError(
             f"{split_dir}: no feature cache here (index.json missing); run the features stage"
         )
-    info = read_json(split_dir / "index.json")
+    try:
+        info = read_json(split_dir / "index.json")
+    except ValueError as err:
+        raise ValueError(
+            f"{split_dir / 'index.json'}: unreadable ({err}); {_rebuild(split_dir)}"
+        ) from None
     gs, ps = [], []
     for shard in info["shards"]:
-        t = load_file(str(split_dir / shard["file"]))
+        path = split_dir / shard["file"]
+        try:
+            t = load_file(str(path))
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{path}: feature shard missing; {_rebuild(split_dir)}"
+            ) from None
+        except Exception as err:  # SafetensorError on a truncated or corrupt shard
+            raise ValueError(
+                f"{path}: corrupt feature shard ({err}); {_rebuild(split_dir)}"
+            ) from None
+        if int(t["global"].shape[0]) != shard["n"]:
+            raise ValueError(
+                f"{path}: {t['global'].shape[0]} rows, index.json says {shard['n']}; "
+                + _rebuild(split_dir)
+            )
         gs.append(t["global"])
         if patches:
             ps.append(t["patches"])
