@@ -32,7 +32,7 @@ def build_definitions(params_path: str | None = None) -> dg.Definitions:
         assets=assets,
         asset_checks=build_checks(params),
         jobs=[demo] if demo else [],
-        resources={"ovml": ovml, "mlflow": MlflowTracking(), "compute": Compute()},
+        resources={"ovml": ovml, "mlflow": MlflowTracking.from_env(), "compute": Compute()},
     )
 
 

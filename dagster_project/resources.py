@@ -21,8 +21,16 @@ class OvmlParams(dg.ConfigurableResource):
 class MlflowTracking(dg.ConfigurableResource):
     """MLflow store: params.yaml's ``tracking`` unless overridden (e.g. a cluster server)."""
 
-    tracking_uri: str | None = os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else params' tracking.uri
     enabled: bool = True
+
+    @classmethod
+    def from_env(cls) -> MlflowTracking:
+        """Reads MLFLOW_TRACKING_URI through ``dg.EnvVar`` (resolved at run time), so the
+        UI's resource snapshot shows the variable's name, never its value (credentials)."""
+        if os.environ.get("MLFLOW_TRACKING_URI"):
+            return cls(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI"))
+        return cls()
 
     def apply(self, params: Params) -> Params:
         tracking = TrackingConfig(

@@ -60,7 +60,8 @@ def build_dataset(params: Params, dataset: str, *, progress: bool = True) -> Pat
         )
     from pipelines.data import prepare_dataset
 
-    prepare_dataset(cfg.source, Path(cfg.release_dir), out, **cfg.options)
+    # the stage owns its folder: replace the prepare's own files, leave any other file
+    prepare_dataset(cfg.source, Path(cfg.release_dir), out, overwrite=True, **cfg.options)
     return out
 
 
@@ -109,7 +110,9 @@ def download_dataset_images(
             out / f"chunk-{i:04d}",
             workers=cfg.workers,
             resize_short_side=cfg.resize_short_side,
-            config=DownloadConfig(max_body_bytes=cfg.max_body_bytes),
+            config=DownloadConfig(
+                max_body_bytes=cfg.max_body_bytes, allow_private_hosts=cfg.allow_private_hosts
+            ),
             progress=progress,
         )
     done = [out / f"chunk-{i:04d}" for i in range(cfg.chunks)]

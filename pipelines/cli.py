@@ -44,6 +44,14 @@ def _add_data_commands() -> None:
 
 _add_data_commands()
 
+
+@app.callback()
+def _redact_everything() -> None:
+    from pipelines.redact import install
+
+    install()  # no credential in any log line or uncaught traceback of a command
+
+
 ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file", exists=False)]
 
 
@@ -401,6 +409,9 @@ def _restore_interrupts() -> None:
 
 
 def main() -> None:  # pragma: no cover
+    from pipelines.redact import install
+
+    install()  # no credential in any log line or traceback
     app()
 
 

@@ -37,6 +37,12 @@ def prepare(
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="module option KEY=VALUE")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="--out may hold other files: replace the prepare's own files, keep the rest"
+        ),
+    ] = False,
 ) -> None:
     """Parse an official release into the prepared-dataset contract (labels, splits, manifest)."""
     from pipelines.data import prepare_dataset
@@ -49,8 +55,8 @@ def prepare(
         raise typer.Exit(2)
     options = dict(_parse_option(o) for o in option or [])
     try:
-        ds = prepare_dataset(dataset, release, out, **options)
-    except (ParseError, FileNotFoundError, ValueError, TypeError) as err:
+        ds = prepare_dataset(dataset, release, out, overwrite=overwrite, **options)
+    except (ParseError, OSError, ValueError, TypeError) as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         raise typer.Exit(1) from None
     counts = {s: len(sp.image_ids) for s, sp in ds.splits.items()}
@@ -75,12 +81,35 @@ def download(
     retry_dead: Annotated[
         bool, typer.Option(help="also retry rows that were dead last time")
     ] = False,
-    max_bytes: Annotated[int | None, typer.Option(help="body size cap per image")] = None,
+    max_bytes: Annotated[
+        int | None, typer.Option(help="body size cap per image, in bytes (at least 1024)")
+    ] = None,
+    allow_private_hosts: Annotated[
+        bool,
+        typer.Option(
+            help="also fetch from loopback, private and link-local addresses (refused by "
+            "default: a manifest could otherwise reach services inside your network)"
+        ),
+    ] = False,
 ) -> None:
     """Download a manifest's images into webdataset shards with a per-row ledger (resumable)."""
+    from pydantic import ValidationError
+
     from pipelines.data.download import DownloadConfig, ManifestError, download_images
 
-    config = DownloadConfig(**({"max_body_bytes": max_bytes} if max_bytes else {}))
+    if out.exists() and not out.is_dir():
+        console.print(f"[red]error:[/red] --out {out} is a file: give a folder", highlight=False)
+        raise typer.Exit(2)
+    settings: dict[str, object] = {"allow_private_hosts": allow_private_hosts}
+    if max_bytes is not None:
+        settings["max_body_bytes"] = max_bytes
+    try:
+        config = DownloadConfig(**settings)
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = {"max_body_bytes": "--max-bytes"}.get(str(first["loc"][0]), str(first["loc"][0]))
+        console.print(f"[red]error:[/red] {name}: {first['msg']}", highlight=False)
+        raise typer.Exit(2) from None
     try:
         summary = download_images(
             manifest,
@@ -90,7 +119,9 @@ def download(
             config=config,
             retry_dead=retry_dead,
         )
-    except (ManifestError, FileNotFoundError, ValueError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+    except (ManifestError, OSError, ValueError) as err:
+        from pipelines.redact import redact
+
+        console.print(f"[red]error:[/red] {redact(str(err))}", highlight=False)
         raise typer.Exit(1) from None
     del summary  # download_images printed the summary table and wrote summary.json

@@ -57,6 +57,7 @@ class DownloadParams(StrictModel):
     workers: int = Field(16, ge=1)
     resize_short_side: int | None = Field(None, ge=16)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    allow_private_hosts: bool = False  # SSRF guard off (a mirror on the local network)
 
 
 class DatasetConfig(StrictModel):
@@ -271,7 +272,9 @@ class Params(StrictModel):
         return True
 
     def tracking_uri(self) -> str:
-        uri = self.tracking.uri
+        """``$MLFLOW_TRACKING_URI`` when set (MLflow's own convention), else ``tracking.uri``;
+        a relative SQLite path resolves under the params file's folder."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking.uri
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             return f"sqlite:///{self.root / uri.removeprefix('sqlite:///')}"
         return uri

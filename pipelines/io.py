@@ -47,7 +47,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_tmp(final)
     tmp = Path(
-        tempfile.mkdtemp(prefix=f".{final.name}.{_owner_tag()}.", suffix=".tmp", dir=final.parent)
+        tempfile.mkdtemp(prefix=f".{final.name}.{owner_tag()}.", suffix=".tmp", dir=final.parent)
     )
     target = tmp / final.name
     try:
@@ -63,7 +63,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _owner_tag() -> str:
+def owner_tag() -> str:
     return f"{safe_name(socket.gethostname(), max_len=40)}-{os.getpid()}"
 
 

@@ -16,8 +16,34 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import REPO_ROOT, Params
+from pipelines.redact import redact
 
 log = logging.getLogger(__name__)
+
+SERVER_TIMEOUT_S = 5.0  # how long an http(s) tracking server gets to answer before a run
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be used (message already redacted, one line)."""
+
+
+def check_tracking_server(uri: str, timeout: float = SERVER_TIMEOUT_S) -> None:
+    """Fail fast, in one clear line, when an http(s) tracking URI does not answer.
+
+    MLflow's own client retries for minutes before raising a traceback holding the URI,
+    credentials included; any HTTP answer (even 401 or 404) counts as reachable here."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import httpx
+
+    try:
+        httpx.get(uri.rstrip("/") + "/health", timeout=timeout, follow_redirects=False)
+    except httpx.HTTPError as err:
+        raise TrackingError(
+            f"MLflow tracking server {redact(uri)} is unreachable ({type(err).__name__} "
+            f"within {timeout:g}s); start it, fix MLFLOW_TRACKING_URI / tracking.uri, or run "
+            "without tracking (tracking.enabled: false, or OVML_TRACKING=0)"
+        ) from None
 
 
 def git_sha(root: Path = REPO_ROOT) -> str:
@@ -89,14 +115,26 @@ def mlflow_run(
         return
     import mlflow
 
+    from pipelines.redact import install
+
+    install()  # MLflow's own log lines and tracebacks may quote the URI
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    mlflow.set_tracking_uri(params.tracking_uri())
-    exp_id = _experiment(params, experiment)
-    all_tags = {"git_sha": git_sha(params.root), **tags}
+    uri = params.tracking_uri()
+    check_tracking_server(uri)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp_id = _experiment(params, experiment)
+    except Exception as err:  # MlflowException, sqlalchemy, requests: one redacted line
+        raise TrackingError(
+            f"MLflow tracking at {redact(uri)}: {redact(str(err)).splitlines()[0][:300]}"
+        ) from None
+    all_tags = {"git_sha": git_sha(params.root), **{k: redact(str(v)) for k, v in tags.items()}}
     if run_id := os.environ.get("DAGSTER_RUN_ID"):
         all_tags["dagster_run_id"] = run_id
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags) as run:
-        flat = {k: str(v)[:500] for k, v in _flatten(run_params).items()}
+        flat = {k: redact(str(v))[:500] for k, v in _flatten(run_params).items()}
         for i in range(0, len(flat), 100):
             mlflow.log_params(dict(list(flat.items())[i : i + 100]))
         yield Tracker(run)

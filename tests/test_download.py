@@ -50,6 +50,7 @@ FAST = DownloadConfig(
     max_body_bytes=50_000,
     shard_size=4,
     seed=0,
+    allow_private_hosts=True,  # the fault server listens on 127.0.0.1
 )
 
 
@@ -451,7 +452,7 @@ def _child_code(manifest: Path, out: Path) -> str:
         f"""
         from pipelines.data.download import DownloadConfig, download_images
         cfg = DownloadConfig(read_timeout=2, max_retries=1, backoff_base=0.01, shard_size=20,
-                             trust_env=False)
+                             trust_env=False, allow_private_hosts=True)
         download_images({str(manifest)!r}, {str(out)!r}, workers=4, config=cfg, progress=False)
         """
     )
@@ -477,7 +478,12 @@ def _persisted_ids(out: Path) -> set[str]:
 def test_sigkill_at_any_moment_then_resume(tmp_path: Path):
     n = 200
     cfg = DownloadConfig(
-        read_timeout=2, max_retries=1, backoff_base=0.01, shard_size=20, trust_env=False
+        read_timeout=2,
+        max_retries=1,
+        backoff_base=0.01,
+        shard_size=20,
+        trust_env=False,
+        allow_private_hosts=True,
     )
     with FaultServer() as srv:
         rows = []

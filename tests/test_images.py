@@ -26,7 +26,7 @@ def test_folder_images_resize_crop_and_refuse_escapes(tmp_path):
 def test_shard_images_read_what_the_downloader_wrote(tmp_path):
     from fault_server import FaultServer
 
-    from pipelines.data.download import download_images
+    from pipelines.data.download import DownloadConfig, download_images
 
     with FaultServer() as srv:
         manifest = pl.DataFrame(
@@ -35,7 +35,13 @@ def test_shard_images_read_what_the_downloader_wrote(tmp_path):
                 "url": [srv.url("/good/one"), srv.url("/status/404/two"), srv.url("/good/three")],
             }
         )
-        download_images(manifest, tmp_path / "dl", workers=2, progress=False)
+        download_images(
+            manifest,
+            tmp_path / "dl",
+            workers=2,
+            config=DownloadConfig(allow_private_hosts=True),
+            progress=False,
+        )
     src = open_images(
         tmp_path, "test", np.array(["p/1.jpg", "p/2.jpg", "q/3.jpg"]), str(tmp_path / "dl")
     )
@@ -79,7 +85,7 @@ def test_download_stage_chunks_feed_features_and_cells(tmp_path, tiny_params_dic
             "source": "coco-zsl",
             "backbone": "rand",
             "release_dir": str(tmp_path / "unused"),
-            "download": {"chunks": 3, "workers": 2},
+            "download": {"chunks": 3, "workers": 2, "allow_private_hosts": True},
             "eval": {"top_k": [1]},
         }
         tiny_params_dict["backbones"]["rand"] = {"model": "ovml-tiny-vit", "weights": "none"}

@@ -40,10 +40,12 @@ import fcntl
 import hashlib
 import importlib.util
 import io
+import ipaddress
 import json
 import os
 import random
 import re
+import socket
 import sys
 import tarfile
 import time
@@ -63,6 +65,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 from pipelines.io import atomic_path, safe_name, write_json
+from pipelines.redact import redact, strip_credentials
 
 __all__ = [
     "DEAD_STATUSES",
@@ -89,6 +92,7 @@ DEAD_MD5 = "dead_md5_mismatch"
 DEAD_NOT_IMAGE = "dead_not_image"  # HTML, truncated/corrupt image, anything PIL cannot decode
 DEAD_TOO_LARGE = "dead_too_large"  # body (or Content-Length) over the cap, decompression bomb
 DEAD_BAD_URL = "dead_bad_url"  # not an http(s) URL; never requested
+DEAD_BLOCKED_HOST = "dead_blocked_host"  # loopback/private/link-local address (SSRF guard)
 TRANSIENT_TIMEOUT = "transient_timeout"
 TRANSIENT_HTTP = "transient_http"  # 5xx, 429, 408 after the retry budget
 TRANSIENT_CONNECTION = "transient_connection"  # refused, reset, closed without a response
@@ -101,6 +105,7 @@ STATUSES = (
     DEAD_NOT_IMAGE,
     DEAD_TOO_LARGE,
     DEAD_BAD_URL,
+    DEAD_BLOCKED_HOST,
     TRANSIENT_TIMEOUT,
     TRANSIENT_HTTP,
     TRANSIENT_CONNECTION,
@@ -156,6 +161,11 @@ class DownloadConfig(BaseModel):
     jpeg_quality: int = Field(90, ge=1, le=100, description="for --resize re-encoding")
     decode_threads: int = Field(0, ge=0, description="image check/resize threads; 0 = auto")
     trust_env: bool = Field(True, description="honour HTTP(S)_PROXY / NO_PROXY")
+    allow_private_hosts: bool = Field(
+        False,
+        description="fetch from loopback, private, link-local and other non-public addresses "
+        "(refused by default, on every redirect hop: a manifest must not reach internal services)",
+    )
     seed: int | None = Field(None, description="seed for the backoff jitter (tests)")
 
 
@@ -782,8 +792,22 @@ def _ledger_frame(
             if not pending:
                 raise RuntimeError(f"internal error: no outcome for image_id {image_id!r}")
             rec = {"image_id": image_id, "url": url, "status": "pending", "attempts": 0, "key": key}
-        rows.append({k: rec.get(k) for k in _LEDGER_FIELDS})
+        row = {k: rec.get(k) for k in _LEDGER_FIELDS}
+        row["url"] = strip_credentials(row["url"]) if row["url"] else row["url"]
+        rows.append(row)
     return pl.DataFrame(rows, schema=LEDGER_SCHEMA, orient="row")
+
+
+def _internal_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """'loopback', 'private', ... for a non-public address; None for a public one."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind in ("loopback", "link_local", "private", "multicast", "reserved", "unspecified"):
+        if getattr(ip, f"is_{kind}"):
+            return kind.replace("_", "-")
+    if not ip.is_global:
+        return "non-public"
+    return None
 
 
 class _Run:
@@ -816,6 +840,7 @@ class _Run:
         self.salvaged = 0
         self.rng = random.Random(config.seed)
         self._host_sems: dict[tuple[str, str, int | None], asyncio.Semaphore] = {}
+        self._host_verdicts: dict[str, str | None] = {}
         n_decode = config.decode_threads or min(4, os.cpu_count() or 1)
         self.decode_pool = ThreadPoolExecutor(n_decode, thread_name_prefix="dl-decode")
         self.io_pool = ThreadPoolExecutor(1, thread_name_prefix="dl-io")
@@ -851,6 +876,33 @@ class _Run:
             sem = self._host_sems[key] = asyncio.Semaphore(self.config.per_host_connections)
         return sem
 
+    async def _blocked_host(self, url: httpx.URL) -> str | None:
+        """Why ``url``'s host may not be fetched (None when it may): any address it resolves
+        to is loopback, private, link-local, multicast, reserved or unspecified. Checked
+        before every hop, redirects included, unless ``allow_private_hosts``."""
+        if self.config.allow_private_hosts:
+            return None
+        host = url.host
+        if host not in self._host_verdicts:
+            port = url.port or (443 if url.scheme == "https" else 80)
+            try:
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
+            except (socket.gaierror, UnicodeError):
+                infos = []  # unresolvable: the request itself fails and says so
+            verdict = None
+            for info in infos:
+                ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
+                if kind := _internal_kind(ip):
+                    verdict = (
+                        f"host {host} resolves to {ip}, a {kind} address: refused "
+                        "(pass --allow-private-hosts to fetch from a local server)"
+                    )
+                    break
+            self._host_verdicts[host] = verdict
+        return self._host_verdicts[host]
+
     def _is_placeholder_url(self, url: str) -> bool:
         return any(m in url for m in self.config.placeholder_url_markers)
 
@@ -864,6 +916,8 @@ class _Run:
                     return _Fetch(
                         DEAD_BAD_URL, error=f"not an http(s) URL: {str(url)[:200]}", sent=hops > 0
                     )
+                if (why := await self._blocked_host(url)) is not None:
+                    return _Fetch(DEAD_BLOCKED_HOST, error=why, sent=hops > 0)
                 async with self._host_sem(url), asyncio.timeout(cfg.total_timeout):
                     self.requests += 1
                     request = client.build_request("GET", url)
@@ -944,7 +998,7 @@ class _Run:
         record: dict[str, Any] = {
             "t": "row",
             "image_id": row.image_id,
-            "url": row.url,
+            "url": strip_credentials(row.url),  # never store a user:password@ of the manifest
             "key": row.key,
             "status": fetch.status,
             "attempts": row.prior_attempts + attempts,
@@ -952,7 +1006,7 @@ class _Run:
             "bytes": fetch.nbytes,
             "sha256": None,
             "shard": None,
-            "error": fetch.error,
+            "error": redact(fetch.error) if fetch.error else fetch.error,
         }
         if fetch.status == OK:
             assert fetch.body is not None
@@ -1174,7 +1228,7 @@ def download_images(
                 rows,
                 salvage_files,
                 known,
-                dict(zip(ids, urls, strict=True)),
+                dict(zip(ids, [strip_credentials(u) for u in urls], strict=True)),
                 writer,
                 journal,
                 workers=workers,
@@ -1227,6 +1281,9 @@ def _check_same_job(df: pl.DataFrame, state_dir: Path, resize: int | None) -> No
     """Refuse to resume a directory started with another manifest or another --resize."""
     options = {"resize_short_side": resize}
     manifest_copy = state_dir / "manifest.parquet"
+    df = df.with_columns(  # the copy keeps no credentials of the manifest's URLs
+        pl.Series("url", [strip_credentials(u) for u in df["url"].to_list()], dtype=pl.Utf8)
+    )
     options_path = state_dir / "options.json"
     if manifest_copy.exists():
         old = pl.read_parquet(manifest_copy)

@@ -16,15 +16,74 @@ string); ``name`` is the display name used to build prompts and may repeat.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.io import atomic_path, load_npz, read_json, save_npz, write_json
+from pipelines.io import clean_stale_tmp, load_npz, owner_tag, read_json, save_npz, write_json
 
 SPLITS = ("train", "test")
+OWN_FILES = ".ovml-prepared.json"  # which files of the folder a prepare wrote
+_NOT_FOREIGN = {OWN_FILES, ".ovml-stage.json"}
+
+
+def own_files(root: Path) -> set[str]:
+    """Files (relative paths) the last prepare wrote into ``root``."""
+    try:
+        return set(read_json(Path(root) / OWN_FILES)["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def foreign_files(root: Path) -> list[str]:
+    """Files in ``root`` that no prepare wrote (the user's, another dataset's, images)."""
+    root = Path(root)
+    if not root.is_dir():
+        return [root.name] if root.exists() else []
+    mine = own_files(root) | _NOT_FOREIGN
+    found = []
+    for p in sorted(root.rglob("*")):
+        if p.is_file() or p.is_symlink():
+            rel = str(p.relative_to(root))
+            if rel not in mine:
+                found.append(rel)
+    return found
+
+
+@contextlib.contextmanager
+def staged_output(root: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder; on success move each file written there into
+    ``root`` (one atomic rename per file, the file list last), remove the files the previous
+    prepare wrote that this one did not, and leave every other file of ``root`` alone."""
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(root)
+    tmp = Path(
+        tempfile.mkdtemp(prefix=f".{root.name}.{owner_tag()}.", suffix=".tmp", dir=root.parent)
+    )
+    try:
+        yield tmp
+        before = own_files(root)
+        written = sorted(
+            str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file() and p.name != OWN_FILES
+        )
+        root.mkdir(parents=True, exist_ok=True)
+        for rel in written:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / rel, root / rel)
+        for rel in sorted(before - set(written)):
+            if (root / rel).is_file():
+                (root / rel).unlink()
+        write_json(root / OWN_FILES, {"files": written})
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -96,11 +155,12 @@ class PreparedDataset:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def save(self, root: str | Path) -> Path:
-        """Write atomically: the directory appears complete or not at all."""
+        """Write the dataset's own files (each one atomically) and nothing else: other
+        files in ``root`` stay. A split with no image is an error."""
         root = Path(root)
         C = self.label_space.n_seen + self.label_space.n_unseen
-        with atomic_path(root) as tmp:
-            tmp.mkdir(parents=True)
+        self.check_not_empty()
+        with staged_output(root) as tmp:
             write_json(tmp / "labels.json", {"dataset": self.name, **self.label_space.to_json()})
             for split_name, split in self.splits.items():
                 if split.labels.shape[1] != C:
@@ -129,6 +189,21 @@ class PreparedDataset:
                 },
             )
         return root
+
+    def check_not_empty(self) -> None:
+        for split_name, split in self.splits.items():
+            if len(split.image_ids) == 0:
+                missing = self.meta.get("missing_images")
+                hint = (
+                    f" ({missing.get(split_name)} image(s) not found under images_dir="
+                    f"{missing.get('images_dir')}, dropped: {missing.get('dropped')})"
+                    if isinstance(missing, dict)
+                    else ""
+                )
+                raise ValueError(
+                    f"split {split_name!r} keeps 0 images{hint}; check images_dir and the "
+                    "drop_* options"
+                )
 
     @classmethod
     def load(cls, root: str | Path) -> PreparedDataset:

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.data.prepared import PreparedDataset, Split
-from pipelines.io import atomic_path, load_npz, read_json, save_npz, write_json
+from pipelines.data.prepared import PreparedDataset, Split, staged_output
+from pipelines.io import load_npz, read_json, save_npz, write_json
 
 SPARSE_SUFFIX = "_sparse.npz"
 
@@ -243,7 +243,7 @@ class SparsePreparedDataset(PreparedDataset):
                 raise ValueError(f"{name}: {sp.n_labels} label columns, label space has {C}")
             if name in self.splits:
                 raise ValueError(f"split {name!r} is both dense and sparse")
-        with atomic_path(root) as tmp:
+        with staged_output(root) as tmp:
             PreparedDataset.save(self, tmp)
             summaries = {}
             for name, sp in self.sparse_splits.items():
