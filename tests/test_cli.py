@@ -96,6 +96,7 @@ def test_data_download_cli(tmp_path):
                 str(tmp_path / "dl"),
                 "--workers",
                 "2",
+                "--allow-private-hosts",  # the fault server listens on 127.0.0.1
             ],
         )
     assert res.exit_code == 0, res.output

@@ -125,10 +125,17 @@ def test_coco_images_dir(coco_release: rf.CocoRelease, tmp_path: Path) -> None:
     (imgs / "val2014").mkdir(parents=True)
     keep = coco_release.images["test"][0]["file_name"]
     (imgs / "val2014" / keep).write_bytes(b"jpeg")
+    # a prepare that keeps no image in a split is an error (issue 8, finding 7)
+    with pytest.raises(ValueError, match="split 'train' keeps 0 images"):
+        coco.prepare(coco_release.root, tmp_path / "o", images_dir=imgs, drop_missing=True)
+    assert not (tmp_path / "o").exists()
+    (imgs / "train2014").mkdir()
+    keep_train = coco_release.images["train"][0]["file_name"]
+    (imgs / "train2014" / keep_train).write_bytes(b"jpeg")
     ds = coco.prepare(coco_release.root, tmp_path / "o", images_dir=imgs, drop_missing=True)
     assert ds.splits["test"].image_ids.tolist() == [keep]
-    assert ds.meta["missing_images"]["test"] == 4 and ds.meta["missing_images"]["train"] == 3
-    assert len(ds.splits["train"].image_ids) == 0
+    assert ds.meta["missing_images"]["test"] == 4 and ds.meta["missing_images"]["train"] == 2
+    assert len(ds.splits["train"].image_ids) == 1
 
 
 def test_coco_quirks_bom_indent_backslash(tmp_path: Path) -> None:
