@@ -4,7 +4,8 @@ ovml demo                   the main job: every demo table on toyworld, printed
 ovml run DATASET VARIANT    one cell (and whatever it needs)
 ovml table NAME             one table (and its cells)
 ovml ui                     Dagster + MLflow UIs on localhost
-ovml list                   datasets, variants, tables and which cells are fresh
+ovml list                   datasets, variants, tables and which stages are fresh (or why not)
+ovml verify                 check every stage's outputs on disk against its record
 ovml dvc-yaml [--check]     write (or check) dvc.yaml from params.yaml
 ovml stage KIND KEY...      run exactly one stage (what dvc.yaml calls)
 """
@@ -236,16 +237,15 @@ def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     tab.add_column("stage")
     tab.add_column("state")
     tab.add_column("output")
-    tab.add_column("why")
+    stale = []
     for name, st in graph.items():
         fresh, reason = stage_status(p, graph, name)
-        tab.add_row(
-            name,
-            "[green]fresh[/green]" if fresh else "[yellow]stale[/yellow]",
-            st.out,
-            "" if fresh else reason,
-        )
+        tab.add_row(name, "[green]fresh[/green]" if fresh else "[yellow]stale[/yellow]", st.out)
+        if not fresh:
+            stale.append((name, reason))
     out.print(tab)
+    for name, reason in stale:  # one line each: a table column would truncate the reason
+        out.print(f"[yellow]stale[/yellow] {name}: {reason}", highlight=False, soft_wrap=True)
     out.print("variants: " + ", ".join(f"{v} ({c.method})" for v, c in p.variants.items()))
 
 
