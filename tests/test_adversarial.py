@@ -232,3 +232,17 @@ def test_table_force_reruns_only_the_table(workspace: Path):
     assert code == 0, text
     for name in ("dataset@toyworld", "backbone@toy-clip", "cell@toyworld@random", "table@tiny"):
         assert f"▶ {name}" in text
+
+
+# ------------------------------------------------------------------ prepared dataset
+def test_truncated_dataset_file_names_the_stage(workspace: Path):
+    path = workspace.parent / "data/toyworld/test.npz"
+    path.write_bytes(path.read_bytes()[:200])
+    fresh, why = status(workspace, "dataset@toyworld")
+    assert not fresh and "test.npz" in why
+    from pipelines.data.prepared import PreparedDataset
+
+    with pytest.raises(ValueError, match=r"test\.npz: unreadable.*dataset@toyworld"):
+        PreparedDataset.load(path.parent)
+    code, text = ovml("stage", "cell", "toyworld", "random", "-p", str(workspace))
+    assert code == 1 and "test.npz" in text and "dataset@toyworld" in text

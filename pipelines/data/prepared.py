@@ -217,8 +217,16 @@ class PreparedDataset:
         for split_name in SPLITS:
             path = root / f"{split_name}.npz"
             if path.exists():
-                arrays = load_npz(path)
-                splits[split_name] = Split(arrays["image_ids"], arrays["labels"])
+                try:
+                    arrays = load_npz(path)
+                    splits[split_name] = Split(arrays["image_ids"], arrays["labels"])
+                except Exception as err:  # truncated zip, missing array, wrong shape
+                    name = root.parent.name if root.name == "_prepared" else root.name  # toyworld
+                    raise ValueError(
+                        f"{path}: unreadable ({type(err).__name__}: {err}); it is an output of "
+                        f"stage dataset@{name}: rebuild it with `ovml stage dataset {name}` "
+                        "(or `ovml data prepare` for a folder of your own)"
+                    ) from None
             elif (root / f"{split_name}_sparse.npz").exists():
                 # too large to be dense (Open Images train): rows are made dense on access
                 from pipelines.data.sparse_labels import SparseLabels
