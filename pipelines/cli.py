@@ -102,7 +102,7 @@ def _run(
             on_stale=stale,
         )
     except (ConfigError, OSError, ValueError, KeyError, RuntimeError) as err:
-        console.print(f"[red]error:[/red] {redact(str(err))}", highlight=False)
+        console.print(f"[red]error:[/red] {redact(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"[green]done[/green] in {time.time() - t0:.1f}s: {len(ran)} stage(s) ran")
     return ran
@@ -265,7 +265,9 @@ def stage(kind: str, key: list[str], params: ParamsOpt = DEFAULT_PARAMS) -> None
     try:
         check_inputs(p, graph, name)
     except StaleInputError as err:
-        console.print(f"[red]error:[/red] {name}: {redact(str(err))}", highlight=False)
+        console.print(
+            f"[red]error:[/red] {name}: {redact(str(err))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(1) from None
     fp = fingerprint(p, graph, name)
     run_stage(p, graph[name])
@@ -300,7 +302,7 @@ def verify(
             continue
         bad += 1
         for rel, why in problems:
-            out.print(f"[red]✗ {name}[/red]: {st.out}/{rel} {why}", highlight=False)
+            out.print(f"[red]✗ {name}[/red]: {st.out}/{rel} {why}", highlight=False, soft_wrap=True)
     if bad:
         console.print(f"[red]{bad} stage(s) differ from their records[/red]: rerun them")
         raise typer.Exit(1)

@@ -57,7 +57,7 @@ def prepare(
     try:
         ds = prepare_dataset(dataset, release, out, overwrite=overwrite, **options)
     except (ParseError, OSError, ValueError, TypeError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False)
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     counts = {s: len(sp.image_ids) for s, sp in ds.splits.items()}
     console.print(
@@ -122,6 +122,6 @@ def download(
     except (ManifestError, OSError, ValueError) as err:
         from pipelines.redact import redact
 
-        console.print(f"[red]error:[/red] {redact(str(err))}", highlight=False)
+        console.print(f"[red]error:[/red] {redact(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     del summary  # download_images printed the summary table and wrote summary.json
