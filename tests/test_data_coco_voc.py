@@ -333,12 +333,16 @@ def test_voc_images_dir(voc_release: rf.VocRelease, tmp_path: Path) -> None:
     imgs = tmp_path / "VOC2007"
     (imgs / "JPEGImages").mkdir(parents=True)
     (imgs / "JPEGImages/000001.jpg").write_bytes(b"jpeg")
+    with pytest.raises(ValueError, match="split 'train' keeps 0 images"):  # issue 8, finding 7
+        voc.prepare(voc_release.root, tmp_path / "o", images_dir=imgs, drop_missing=True)
+    (imgs / "JPEGImages/000005.jpg").write_bytes(b"jpeg")
     ds = voc.prepare(voc_release.root, tmp_path / "o", images_dir=imgs, drop_missing=True)
     assert ds.splits["test"].image_ids.tolist() == ["000001"]
+    assert ds.splits["train"].image_ids.tolist() == ["000005"]
     assert ds.meta["missing_images"] == {
         "images_dir": str(imgs),
         "dropped": True,
-        "train": 5,
+        "train": 4,
         "test": 3,
     }
 

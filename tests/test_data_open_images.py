@@ -549,6 +549,7 @@ def test_sparse_prepared_dataset_roundtrip(tmp_path: Path) -> None:
     )
     ds.save(tmp_path / "p")
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
+        ".ovml-prepared.json",  # which files are the prepare's own (issue 8)
         "labels.json",
         "meta.json",
         "test.npz",
