@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -196,9 +197,38 @@ def _add_qks(workspace: Path) -> None:
     workspace.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
+def test_force_retrains_from_scratch(workspace: Path):
+    """Finding 3: `ovml run --force` resumed the last checkpoint (epochs_run_now 0)."""
+    _add_qks(workspace)
+    root = workspace.parent
+    cell = "results/cells/toyworld/qks-tiny"
+    assert ovml("run", "toyworld", "qks-tiny", "-p", str(workspace))[0] == 0
+    first = json.loads((root / cell / "metrics.json").read_text())
+    assert first["meta"]["fit"]["epochs_run_now"] == 2
+    code, text = ovml("run", "toyworld", "qks-tiny", "--force", "-p", str(workspace))
+    assert code == 0, text
+    again = json.loads((root / cell / "metrics.json").read_text())
+    assert again["meta"]["fit"]["epochs_run_now"] == 2
+    assert again["zsl"]["mAP"] == pytest.approx(first["zsl"]["mAP"], abs=1e-4)
+
+
+def test_resume_fingerprint_covers_the_text_tower(tiny_workspace: Path, tmp_path: Path):
+    """Finding 3: the checkpoint fingerprint hashed the image features only, so a model
+    trained on a random text tower was resumed after the weights were restored."""
+    from pipelines.cells import make_context
+    from pipelines.train import TrainConfig, Trainer
+
+    params = load_params(tiny_workspace)
+    ctx = make_context(params, "toyworld", "clip_zeroshot", tmp_path, progress=False)
+    trainer = Trainer(TrainConfig(), ctx)
+    before = trainer._data_digest("features")
+    with torch.no_grad():
+        ctx.backbone.model.token_embedding.weight.add_(1.0)  # another text tower
+    assert trainer._data_digest("features") != before
+
+
 def test_deleted_cell_model_and_force_retrains_from_scratch(workspace: Path):
-    """Finding 3 (`--force` resumed the last checkpoint: epochs_run_now 0) and finding 4
-    (a deleted cell model counted as fresh)."""
+    """Finding 4 (a deleted cell model counted as fresh) and finding 3 (`--force`)."""
     _add_qks(workspace)
     root = workspace.parent
     code, text = ovml("run", "toyworld", "qks-tiny", "-p", str(workspace))
