@@ -411,4 +411,8 @@ def run_stage(params: Params, stage: Stage, *, progress: bool = True) -> Any:
         from pipelines.tables import render_table
 
         return render_table(params, *stage.key)
+    if stage.kind == "report":
+        from pipelines.report import build_report
+
+        return build_report(params)
     raise ValueError(f"unknown stage kind {stage.kind!r}")

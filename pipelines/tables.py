@@ -33,7 +33,7 @@ def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any
         for m in metrics:
             if m not in columns:
                 columns.append(m)
-        for variant in tab.rows:
+        for variant in [v for d, v in params.table_cells(name) if d == ds]:
             cell = load_cell_metrics(params, ds, variant)
             if cell is None:
                 missing.append(f"{ds}/{variant}")
