@@ -300,7 +300,7 @@ def build_table(
         if analogue:
             pairs = [(ds, pd) for ds in datasets for pd in pub.datasets]
         else:
-            pairs = [(pd, pd) for pd in pub.datasets if tab is None or pd in datasets]
+            pairs = [(pd, pd) for pd in pub.datasets]
         matched = {row: v for v, row in (tab.match.items() if tab else [])}
         for prow in pub.rows:
             nums = pub.row_numbers(prow)
@@ -377,6 +377,10 @@ def _row_status(params, ds, variant, prow: PublishedRow, declared, cell, analogu
         return f"not declared in this params file (variant {variant!r}){fig}", None
     if variant not in params.variants:
         return f"pending: variant {variant!r} is not declared yet{fig}", None
+    if ds not in params.datasets:
+        return f"not computed: needs a dataset entry {ds!r} (no preparer yet){fig}", None
+    if ds not in tab.datasets:
+        return f"dataset {ds!r} is not among this table's datasets{fig}", None
     if (ds, variant) not in declared and not analogue:
         return f"variant {variant!r} is not among this table's cells{fig}", None
     ev = cell(ds, variant)
