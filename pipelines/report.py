@@ -354,10 +354,18 @@ def build_table(
         xs = dict(pub.sweep.rows)
     if xs:
         out.sweep = (pub.sweep.name if pub is not None and pub.sweep else "x", xs)
-    if pub is not None and pub.protocol and real:
+    if pub is not None and real:
         paper_images = _paper_images(ref)
         if paper_images:
             out.notes.append(f"the paper's images: {paper_images}")
+        for ds in datasets:
+            summary = params.path("data") / f"{ds}-images.summary.json"
+            if summary.exists():
+                sm = read_json(summary)
+                out.notes.append(
+                    f"{ds}: downloaded {sm['counts'].get('ok', 0):,} of {sm['total']:,} images "
+                    f"({100 * sm['fraction_available']:.1f}%)"
+                )
     return out
 
 

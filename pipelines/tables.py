@@ -25,6 +25,11 @@ def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any
     from pipelines.cells import load_cell_metrics
 
     tab = params.tables[name]
+    published = dict(tab.published)
+    if tab.paper is not None:  # the transcribed paper table (pipelines/published/)
+        from pipelines.published import published_by_variant
+
+        published = {**published_by_variant(tab.paper), **published}
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     columns: list[str] = []
@@ -40,7 +45,7 @@ def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any
             for task in tab.tasks:
                 row: dict[str, Any] = {"dataset": ds, "variant": variant, "task": task.upper()}
                 got = (cell or {}).get(task, {})
-                pub = tab.published.get(variant, {}).get(ds, {}).get(task, {})
+                pub = published.get(variant, {}).get(ds, {}).get(task, {})
                 for m in metrics:
                     row[m] = got.get(m)
                     row[f"{m} (paper)"] = pub.get(m)

@@ -121,5 +121,6 @@ def test_real_grid_runs_qks_table1_on_a_tiny_release(tmp_path):
     t2 = rep["qks-table2"]
     q2 = next(r for r in t2["rows"] if r["label"] == "QKS")
     assert q2["status"].startswith("not computed: needs release folder")
+    assert "nus-wide: downloaded 23 of 24 images (95.8%)" in t1["notes"]
     table_md = (ws / "results/tables/qks-table1/table.md").read_text()
-    assert "qks-nus-wide" in table_md
+    assert "qks-nus-wide" in table_md and "(49.5)" in table_md  # the table stage's own file

@@ -79,6 +79,27 @@ def test_report_lays_ours_beside_published(tiny_workspace, tmp_path):
     assert "| CLIP | clip_zeroshot | analogue |" in md and "34.7" in md
 
 
+def test_seed_folders_give_mean_and_std(tiny_workspace, tmp_path):
+    """Cells of other seeds (``<variant>@s<seed>``, issue 9's layout) average, with std."""
+    path = _workspace_with_paper_tables(tiny_workspace, tmp_path)
+    params = load_params(path)
+    cells = path.parent / "results/cells/toyworld"
+    base = json.loads((cells / "clip_zeroshot/metrics.json").read_text())
+    for seed, shift in ((1, 2.0), (2, -2.0)):
+        d = cells / f"clip_zeroshot@s{seed}"
+        d.mkdir()
+        m = json.loads(json.dumps(base))
+        m["zsl"]["mAP"] += shift
+        (d / "metrics.json").write_text(json.dumps(m))
+    out = build_report(params, log=False)
+    rep = {t["key"]: t for t in json.loads((out / "report.json").read_text())["tables"]}
+    row = next(r for r in rep["tiny-qks"]["rows"] if r["label"] == "CLIP" and r["task"] == "zsl")
+    assert row["status"] == "analogue, 3 seeds"
+    assert row["cells"]["mAP"]["ours"] == pytest.approx(base["zsl"]["mAP"])
+    assert row["cells"]["mAP"]["std"] == pytest.approx(2.0)
+    assert "± 2.0" in (out / "report.md").read_text()
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 

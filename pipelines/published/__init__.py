@@ -188,6 +188,19 @@ def all_tables() -> dict[str, PublishedTable]:
     return {f"{p}/{name}": t for p in PAPERS for name, t in load_paper(p).tables.items()}
 
 
+def published_by_variant(ref: str) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """published[variant][dataset][task][metric], the shape of TableConfig.published, for
+    the rows of ``ref`` that name a variant (printed "-" cells are left out)."""
+    tab = published_table(ref)
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for row in tab.rows:
+        for (ds, task, metric), v in tab.row_numbers(row).items():
+            variant = row.variant_for(ds)
+            if variant is not None and v is not None:
+                out.setdefault(variant, {}).setdefault(ds, {}).setdefault(task, {})[metric] = v
+    return out
+
+
 def source_of(ref: str) -> str:
     paper, _, table = ref.partition("/")
     t = published_table(ref)
