@@ -205,6 +205,8 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 (
                     *LIBRARY_CODE,
                     "pipelines/report.py",
+                    "pipelines/plan.py",
+                    "pipelines/metrics.py",
                     *(f"pipelines/published/{p}.yaml" for p in _papers()),
                 ),
             )
