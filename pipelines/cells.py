@@ -463,4 +463,8 @@ def run_stage(
         from pipelines.tables import render_table
 
         return render_table(params, *stage.key)
+    if stage.kind == "report":
+        from pipelines.report import build_report
+
+        return build_report(params)
     raise ValueError(f"unknown stage kind {stage.kind!r}")

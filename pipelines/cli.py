@@ -335,6 +335,57 @@ def dvc_yaml_cmd(
 
 
 @app.command()
+def plan(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Dry run: every stage of the graph and what it needs (release folder, weights
+    file, API key, network); runs nothing. Exit code 0 even when things are missing."""
+    from pipelines.plan import plan as make_plan
+    from pipelines.plan import table_plans
+
+    p = _params(params)
+    stages = make_plan(p)
+    tab = Table(title=f"plan of {params}: stages in run order")
+    for col in ("stage", "state", "needs / has"):
+        tab.add_column(col, overflow="fold")
+    styles = {"fresh": "dim", "ready": "green", "blocked": "red", "waits": "yellow"}
+    for st in stages:
+        what = [*(f"NEEDS {n}" for n in st.needs), *st.has]
+        if st.waits_on:
+            what.append(
+                "after " + ", ".join(st.waits_on[:3]) + (" …" if len(st.waits_on) > 3 else "")
+            )
+        s = styles[st.state]
+        tab.add_row(st.name, f"[{s}]{st.state}[/{s}]", "; ".join(what) or "—")
+    out.print(tab)
+    tt = Table(title="tables: cells, and paper rows still waiting for a method")
+    for col in ("table", "paper", "cells", "pending variants", "published only"):
+        tt.add_column(col, overflow="fold")
+    for t in table_plans(p):
+        cells = ", ".join(f"{d}/{v}" for d, v in t.cells) or "—"
+        tt.add_row(
+            t.name, t.paper or "—", cells, ", ".join(t.pending) or "—", str(t.published_only)
+        )
+    out.print(tt)
+    counts = {k: sum(s.state == k for s in stages) for k in styles}
+    out.print(f"{len(stages)} stages: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+@app.command()
+def report(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="folder (default <results>/report)")
+    ] = None,
+) -> None:
+    """Write the HTML + Markdown report of every table, reproduced beside published,
+    from the cells that exist (computes no cell; `ovml table NAME` does)."""
+    from pipelines.report import build_report
+
+    p = _params(params)
+    folder = build_report(p, out_dir, params_file=str(params))
+    out.print(f"report: {folder / 'index.html'}")
+
+
+@app.command()
 def ui(
     params: ParamsOpt = DEFAULT_PARAMS,
     dagster_port: int = 3000,

@@ -149,6 +149,9 @@ class TableConfig(StrictModel):
     published: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     """published[variant][dataset][task][metric] = number printed in the paper."""
     source: str = ""  # which paper / table this reproduces
+    paper: str | None = None  # "qks/table1": the transcribed table (pipelines/published/)
+    match: dict[str, str] = {}  # variant -> the published row it stands for (analogues)
+    x: dict[str, float] = {}  # variant -> its position on an ablation figure's x axis
 
 
 class TrackingConfig(StrictModel):
@@ -217,6 +220,7 @@ class Params(StrictModel):
             for row in tab.rows:
                 if row not in self.variants:
                     raise ValueError(f"tables.{name}.rows: unknown variant {row!r}")
+            _check_paper_ref(name, tab)
         for name in self.demo_tables:
             if name not in self.tables:
                 raise ValueError(f"demo_tables: unknown table {name!r}")
@@ -249,10 +253,25 @@ class Params(StrictModel):
     def cells(self) -> list[tuple[str, str]]:
         """Every (dataset, variant) named by a table, in table order, without repeats."""
         seen: dict[tuple[str, str], None] = {}
-        for tab in self.tables.values():
-            for ds in tab.datasets:
-                for row in tab.rows:
-                    seen[(ds, row)] = None
+        for name in self.tables:
+            for cell in self.table_cells(name):
+                seen[cell] = None
+        return list(seen)
+
+    def table_cells(self, name: str) -> list[tuple[str, str]]:
+        """A table's cells: its rows on its datasets, plus every variant a row of its
+        published table names (``paper:``) that this file declares, on the datasets both
+        list. A method's variant attaches to its published row just by being declared."""
+        tab = self.tables[name]
+        seen: dict[tuple[str, str], None] = {
+            (ds, row): None for ds in tab.datasets for row in tab.rows
+        }
+        if tab.paper is not None:
+            from pipelines.published import published_table
+
+            for ds, variant in published_table(tab.paper).variants():
+                if ds in tab.datasets and variant in self.variants:
+                    seen[(ds, variant)] = None
         return list(seen)
 
     def backbone_for(self, dataset: str, variant: str) -> str:
@@ -299,6 +318,28 @@ def backbone_embed_dim(model: str) -> int | None:
             except (OSError, ValueError, KeyError, TypeError):
                 return None
     return None
+
+
+def _check_paper_ref(name: str, tab: TableConfig) -> None:
+    if tab.paper is None:
+        if tab.match:
+            raise ValueError(f"tables.{name}.match: needs `paper:` (the table its rows match)")
+        return
+    from pipelines.published import PublishedError, published_table
+
+    try:
+        pub = published_table(tab.paper)
+    except PublishedError as err:
+        raise ValueError(f"tables.{name}.paper: {err}") from None
+    labels = {r.row for r in pub.rows}
+    for variant, row in tab.match.items():
+        if variant not in tab.rows:
+            raise ValueError(f"tables.{name}.match: {variant!r} is not one of the table's rows")
+        if row not in labels:
+            raise ValueError(
+                f"tables.{name}.match.{variant}: {tab.paper} has no row {row!r} "
+                f"(rows: {', '.join(sorted(labels))})"
+            )
 
 
 # ------------------------------------------------------------------------------ methods

@@ -182,7 +182,8 @@ def build_graph(params: Params) -> dict[str, Stage]:
             )
         )
     for name, tab in params.tables.items():
-        ups = tuple(f"cell@{ds}@{row}" for ds in tab.datasets for row in tab.rows)
+        ups = tuple(f"cell@{ds}@{row}" for ds, row in params.table_cells(name))
+        published = (f"pipelines/published/{tab.paper.split('/')[0]}.yaml",) if tab.paper else ()
         add(
             Stage(
                 "table",
@@ -190,10 +191,33 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 ups,
                 _rel(params, "results", "tables", name),
                 (f"tables.{name}",),
-                (*LIBRARY_CODE, "pipelines/tables.py"),
+                (*LIBRARY_CODE, "pipelines/tables.py", *published),
+            )
+        )
+    if params.tables:  # the report: every table, reproduced beside published (pipelines/report.py)
+        add(
+            Stage(
+                "report",
+                ("all",),
+                tuple(f"table@{name}" for name in params.tables),
+                _rel(params, "results", "report"),
+                ("tables",),
+                (
+                    *LIBRARY_CODE,
+                    "pipelines/report.py",
+                    "pipelines/plan.py",
+                    "pipelines/metrics.py",
+                    *(f"pipelines/published/{p}.yaml" for p in _papers()),
+                ),
             )
         )
     return _toposort(stages)
+
+
+def _papers() -> tuple[str, ...]:
+    from pipelines.published import PAPERS
+
+    return PAPERS
 
 
 def _method_code(method: str) -> tuple[str, ...]:

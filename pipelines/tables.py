@@ -25,6 +25,11 @@ def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any
     from pipelines.cells import load_cell_metrics
 
     tab = params.tables[name]
+    published = dict(tab.published)
+    if tab.paper is not None:  # the transcribed paper table (pipelines/published/)
+        from pipelines.published import published_by_variant
+
+        published = {**published_by_variant(tab.paper), **published}
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     columns: list[str] = []
@@ -33,14 +38,14 @@ def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any
         for m in metrics:
             if m not in columns:
                 columns.append(m)
-        for variant in tab.rows:
+        for variant in [v for d, v in params.table_cells(name) if d == ds]:
             cell = load_cell_metrics(params, ds, variant)
             if cell is None:
                 missing.append(f"{ds}/{variant}")
             for task in tab.tasks:
                 row: dict[str, Any] = {"dataset": ds, "variant": variant, "task": task.upper()}
                 got = (cell or {}).get(task, {})
-                pub = tab.published.get(variant, {}).get(ds, {}).get(task, {})
+                pub = published.get(variant, {}).get(ds, {}).get(task, {})
                 for m in metrics:
                     row[m] = got.get(m)
                     row[f"{m} (paper)"] = pub.get(m)

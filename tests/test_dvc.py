@@ -57,5 +57,9 @@ def test_dvc_repro_is_incremental(tmp_path):
     raw = yaml.safe_load((ws / "params.yaml").read_text())
     raw["variants"]["clip_zeroshot-single"]["prompts"] = "pool"
     (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    assert sorted(_repro(ws)) == ["cell__toyworld__clip_zeroshot-single", "table__tiny"]
+    assert sorted(_repro(ws)) == [
+        "cell__toyworld__clip_zeroshot-single",
+        "report__all",
+        "table__tiny",
+    ]
     assert (ws / "results/cells/toyworld/clip_zeroshot-single/metrics.json").exists()

@@ -230,3 +230,26 @@ def test_word2vec_header_and_fit_with_word_vectors(tmp_path):
     summary = method.fit(ctx)
     assert summary["label_embeddings"]["dim"] == 6 and method.module.fuser.out_features == 6
     assert method.predict(ctx).shape == (len(ctx.test_labels), C)
+
+
+def test_fuser_and_scores_stay_float32_under_bf16_autocast(tmp_path):
+    """The Semantic Fuser (Eq. 8) and the max over groups run in fp32 under autocast, so
+    test scores keep full precision (bf16 has ~3 significant digits: ties over 100k images)."""
+    ctx = fake_context(tmp_path)
+    module = EpsilonModule(_cfg(), ctx, ctx.label_embeddings("pool")).eval()
+    f = ctx.features("train")
+    idx = torch.arange(5)
+    batch = Batch(index=idx, global_=f.global_[idx].float(), patches=f.patches[idx].float())
+    with torch.no_grad():
+        ref = module.scores(module(batch, seen_only=False))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = module(batch, seen_only=False)
+            got = module.scores(out)
+    assert out["semantics"].dtype == torch.float32 and got.dtype == torch.float32
+    # the attention blocks before the fuser still run in bf16: close, not equal
+    assert torch.allclose(got, ref, rtol=0.05, atol=0.05)
+    s = torch.randn(3, 4, 32)
+    e = torch.randn(6, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = max_over_groups(s, e)
+    assert fused.dtype == torch.float32 and torch.equal(fused, max_over_groups(s, e))

@@ -56,7 +56,7 @@ def test_changing_one_variant_changes_only_its_cell_and_table(tmp_path, tiny_par
     after = load_params(write_params(tmp_path / "b", tiny_params_dict))
     g1, g2 = build_graph(before), build_graph(after)
     changed = {n for n in g1 if fingerprint(before, g1, n) != fingerprint(after, g2, n)}
-    assert changed == {"cell@toyworld@clip_zeroshot-single", "table@tiny"}
+    assert changed == {"cell@toyworld@clip_zeroshot-single", "table@tiny", "report@all"}
 
 
 def test_upstream_order():

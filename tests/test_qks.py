@@ -54,7 +54,8 @@ def test_paper_defaults():
         cfg.train.optimizer,
         cfg.train.schedule,
         cfg.train.gamma,
-    ) == (64, 1e-5, "adamw", "plateau", 0.1)
+        cfg.train.weight_decay,  # not in the paper: AdamW's default (0 would be plain Adam)
+    ) == (64, 1e-5, "adamw", "plateau", 0.1, 0.01)
     with pytest.raises(ValueError):
         Config(unfreeze_vision=True, train={"input_mode": "features"})
 
@@ -170,3 +171,23 @@ def test_fit_predict_summary(tmp_path, opts):
         and summary["backbone"] == "ovml-tiny-vit"
     )
     assert "extractor.queries" in method.state_dict()
+
+
+def test_scores_stay_float32_under_bf16_autocast(tmp_path):
+    """bf16 keeps ~3 significant digits: scores stored that way tie over 100k test images.
+    CPU autocast lowers einsum to bf16 just as CUDA's does, so the fix shows here."""
+    ctx = fake_context(tmp_path)
+    module = QKSModule(_cfg(), ctx).eval()
+    with torch.no_grad():
+        ref = module.scores(module(_batch(ctx), seen_only=False))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = module.scores(module(_batch(ctx), seen_only=False))
+            raw = torch.einsum("bmd,cd->bmc", torch.randn(2, 3, 8), torch.randn(4, 8))
+    assert raw.dtype == torch.bfloat16  # what the unfixed einsum returned
+    assert got.dtype == torch.float32
+    q = torch.randn(4, 3, 64) * 10
+    t = torch.randn(7, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        s = max_over_queries(q, t)
+    assert s.dtype == torch.float32 and torch.allclose(s, max_over_queries(q, t), atol=1e-5)
+    assert torch.isfinite(got).all() and ref.shape == got.shape

@@ -439,3 +439,23 @@ def test_sparse_train_labels_train_exactly_as_dense(tmp_path):
     assert torch.equal(w_dense, w_sparse)
     assert [h["train_loss"] for h in h_dense] == [h["train_loss"] for h in h_sparse]
     assert h_dense[-1]["val_seen_mAP"] == h_sparse[-1]["val_seen_mAP"]
+
+
+def test_predict_runs_in_float32_even_when_training_uses_autocast(tmp_path, monkeypatch):
+    """Training may use bf16 autocast; prediction must not (scores keep full precision)."""
+    import pipelines.train as train_mod
+
+    ctx = fake_context(tmp_path / "w")
+    trainer = Trainer(_cfg(), ctx)
+    monkeypatch.setattr(Trainer, "amp_dtype", lambda self: torch.bfloat16)
+    entered = []
+    real = torch.autocast
+
+    def spy(*a, **kw):
+        entered.append((a, kw))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod.torch, "autocast", spy)
+    module = TinyModule(dropout=0.0)
+    scores = trainer.predict(module, "test")
+    assert entered == [] and scores.dtype == np.float32

@@ -240,8 +240,11 @@ class GlobalForwardPropagation(nn.Module):
 
 
 def max_over_groups(semantics: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Label scores: max over the M semantic vectors of <e_c, S^m>; (B, M, d), (C, d) -> (B, C)."""
-    return torch.einsum("bmd,cd->bmc", semantics, labels).amax(dim=1)
+    """Label scores: max over the M semantic vectors of <e_c, S^m>; (B, M, d), (C, d) -> (B, C).
+
+    Always in float32, autocast or not (bf16 scores tie over large test sets)."""
+    with torch.autocast(semantics.device.type, enabled=False):
+        return torch.einsum("bmd,cd->bmc", semantics.float(), labels.float()).amax(dim=1)
 
 
 def ranknet_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -322,7 +325,8 @@ class EpsilonModule(TrainModule):
             f = torch.cat([g.unsqueeze(1).to(f.dtype), f], dim=1)  # [class token; patches]
         f = f.float()
         parts = [mod(f) for mod in (self.gfp, self.gpa) if mod is not None]  # Eq. 7: [GoS; GrS]
-        semantics = self.fuser(torch.cat(parts, dim=-1))  # Eq. 8: (B, M, d_w)
+        with torch.autocast(f.device.type, enabled=False):  # the scores' input stays fp32
+            semantics = self.fuser(torch.cat(parts, dim=-1).float())  # Eq. 8: (B, M, d_w)
         labels = self.label_emb[: self.n_seen] if seen_only else self.label_emb
         return {"semantics": semantics, "labels": labels}
 

@@ -166,6 +166,10 @@ def create_backbone(
     """
     register_model_configs()
     device = torch.device(device)
+    if model.startswith("torchvision:"):  # ImageNet CNNs (Epsilon Table 6's VGG19)
+        from pipelines.vlp.torchvision_backbone import create_torchvision_backbone
+
+        return create_torchvision_backbone(model, weights, device=device, name=name)
     if weights.startswith("dir:"):
         path = Path(weights.removeprefix("dir:"))
         if not (path / CONFIG_FILE).exists():

@@ -4,7 +4,9 @@
 - ``pool``: a pool of K templates whose text embeddings are averaged per label
   (QKS Eq. 2, C2SRT Eq. 24; CLIP's prompt ensembling). Each template's embedding is
   L2-normalised before averaging and the mean is normalised again, as in CLIP's
-  ensembling code; QKS Eq. 2 writes the plain mean, which has the same direction.
+  ensembling code. QKS Eq. 2 writes the plain mean of the templates' embeddings; that
+  points the same way as ours only when every template's embedding has the same norm,
+  so where norms differ the two differ slightly: we follow CLIP's code.
 """
 
 from __future__ import annotations

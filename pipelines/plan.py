@@ -1,0 +1,197 @@
+"""A dry run of the graph: every stage a params file declares and what it needs from the
+outside world before it can run (a release folder, a weights file, an API key, network),
+without running anything. ``ovml plan -p params.real.yaml`` prints it; the report uses
+:func:`cell_needs` to say why a cell is "not computed".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import Params
+from pipelines.graph import Stage, build_graph, is_fresh
+
+# option keys of a variant whose value is a file the method reads
+_FILE_KEYS = ("word_vectors", "file", "path", "checkpoint", "corpus")
+
+
+@dataclass
+class PlannedStage:
+    name: str
+    kind: str
+    out: str
+    fresh: bool
+    needs: list[str] = field(default_factory=list)  # unmet outside requirements
+    has: list[str] = field(default_factory=list)  # met ones, for the reader
+    waits_on: list[str] = field(default_factory=list)  # blocked stages upstream
+
+    @property
+    def ready(self) -> bool:
+        return not self.needs and not self.waits_on
+
+    @property
+    def state(self) -> str:
+        if self.fresh:
+            return "fresh"
+        return "blocked" if self.needs else ("waits" if self.waits_on else "ready")
+
+
+def _abs(params: Params, path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else params.root / p
+
+
+def _open_clip_cache() -> list[Path]:
+    homes = [os.environ.get("HF_HOME"), os.environ.get("XDG_CACHE_HOME"), "~/.cache"]
+    out = []
+    for h in homes:
+        if h:
+            out += [Path(h).expanduser() / "huggingface", Path(h).expanduser() / "clip"]
+    return out
+
+
+def weights_needs(params: Params, backbone: str) -> tuple[list[str], list[str]]:
+    """(unmet, met) requirements of a backbone's weights."""
+    cfg = params.backbones[backbone]
+    if cfg.weights in ("none", "pretrain"):
+        return [], [f"weights: {cfg.weights}"]
+    if cfg.weights.startswith("file:"):
+        path = _abs(params, cfg.weights.removeprefix("file:"))
+        if path.is_file():
+            return [], [f"weights file {path}"]
+        return [f"weights file {path} (backbones.{backbone}.weights)"], []
+    tag = cfg.weights.removeprefix("open_clip:")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not any(p.exists() for p in _open_clip_cache()):
+        return [f"open_clip weights {cfg.model}/{tag}: offline and no local cache"], []
+    return [], [f"open_clip weights {cfg.model}/{tag} (downloaded by open_clip or its cache)"]
+
+
+def dataset_needs(params: Params, dataset: str) -> tuple[list[str], list[str]]:
+    cfg = params.datasets[dataset]
+    if cfg.source == "toyworld":
+        return [], ["generated (toyworld)"]
+    if cfg.release_dir is None:
+        return [f"release folder of {cfg.source} (datasets.{dataset}.release_dir)"], []
+    path = _abs(params, cfg.release_dir)
+    if not path.is_dir():
+        return [f"release folder {path} (datasets.{dataset}.release_dir)"], []
+    return [], [f"release folder {path}"]
+
+
+def images_needs(params: Params, dataset: str) -> tuple[list[str], list[str]]:
+    cfg = params.datasets[dataset]
+    if cfg.download is not None:
+        return [], ["network access to the image URLs of the prepared manifest"]
+    if cfg.images:
+        path = _abs(params, cfg.images)
+        if path.exists():
+            return [], [f"images in {path}"]
+        return [f"image folder {path} (datasets.{dataset}.images)"], []
+    if cfg.source == "toyworld":
+        return [], []
+    return [f"images of {dataset}: set datasets.{dataset}.images or download:"], []
+
+
+def variant_needs(params: Params, variant: str) -> tuple[list[str], list[str]]:
+    """Files and API keys a variant's options name (e.g. ``word_vectors: glove.txt``,
+    ``api_key_env: OPENAI_API_KEY``)."""
+    need: list[str] = []
+    has: list[str] = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                key = f"{where}.{k}"
+                if isinstance(v, str) and k.endswith("api_key_env"):
+                    (has if os.environ.get(v) else need).append(f"API key in ${v} ({key})")
+                elif isinstance(v, str) and any(k == f or k.endswith(f"_{f}") for f in _FILE_KEYS):
+                    path = _abs(params, v)
+                    (has if path.exists() else need).append(f"file {path} ({key})")
+                else:
+                    walk(v, key)
+
+    walk(params.variants[variant].options, f"variants.{variant}")
+    return need, has
+
+
+def cell_needs(params: Params, dataset: str, variant: str) -> list[str]:
+    """Unmet outside requirements of a cell and of everything upstream of it."""
+    need: list[str] = []
+    for fn, arg in (
+        (dataset_needs, dataset),
+        (images_needs, dataset),
+        (weights_needs, params.backbone_for(dataset, variant)),
+        (variant_needs, variant),
+    ):
+        need += fn(params, arg)[0]
+    return need
+
+
+def plan(params: Params) -> list[PlannedStage]:
+    """Every stage of the graph, in run order, with what it needs. Runs nothing."""
+    graph = build_graph(params)
+    out: dict[str, PlannedStage] = {}
+    for name, st in graph.items():  # run order: upstream stages are planned first
+        need, has = _stage_needs(params, st)
+        fresh = is_fresh(params, graph, name)
+        waits = sorted(
+            {
+                w
+                for dep in st.deps
+                if not out[dep].fresh
+                for w in ([dep] if out[dep].needs else out[dep].waits_on)
+            }
+        )
+        out[name] = PlannedStage(name, st.kind, st.out, fresh, need, has, [] if fresh else waits)
+    return list(out.values())
+
+
+@dataclass
+class TablePlan:
+    name: str
+    paper: str | None
+    cells: list[tuple[str, str]]
+    pending: list[str]  # variants the paper's rows name that are not declared yet
+    published_only: int  # rows of baselines nobody implements here
+
+
+def table_plans(params: Params) -> list[TablePlan]:
+    """Per table: its cells, and the paper rows that wait for a variant or print only."""
+    from pipelines.published import published_table
+
+    plans = []
+    for name, tab in params.tables.items():
+        pending: dict[str, None] = {}
+        only = 0
+        if tab.paper:
+            pub = published_table(tab.paper)
+            for r in pub.rows:
+                names = [r.variant_for(ds) for ds in pub.datasets]
+                if all(v is None for v in names):
+                    only += 1
+                for v in names:
+                    if v is not None and v not in params.variants:
+                        pending[v] = None
+        plans.append(TablePlan(name, tab.paper, params.table_cells(name), list(pending), only))
+    return plans
+
+
+def _stage_needs(params: Params, st: Stage) -> tuple[list[str], list[str]]:
+    if st.kind == "dataset":
+        return dataset_needs(params, st.key[0])
+    if st.kind == "images":
+        return images_needs(params, st.key[0])
+    if st.kind == "features":
+        n1, h1 = weights_needs(params, st.key[1])
+        if params.datasets[st.key[0]].download is not None:  # the images stage fetches them
+            return n1, h1
+        n2, h2 = images_needs(params, st.key[0])
+        return n1 + n2, h1 + h2
+    if st.kind == "backbone":
+        return [], [f"pre-trained here on {params.backbones[st.key[0]].pretrain.dataset}"]  # type: ignore[union-attr]
+    if st.kind == "cell":
+        return variant_needs(params, st.key[1])
+    return [], []
