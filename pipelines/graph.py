@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import REPO_ROOT, Params, method_module
+from pipelines.config import REPO_ROOT, Params, method_code_deps
 from pipelines.io import is_main_process, read_json, write_json
 
 STAMP = ".ovml-stage.json"
@@ -197,10 +197,7 @@ def build_graph(params: Params) -> dict[str, Stage]:
 
 
 def _method_code(method: str) -> tuple[str, ...]:
-    files = [f"pipelines/methods/{method}.py"]
-    mod = method_module(method)
-    files += [f for f in getattr(mod, "CODE_DEPS", ())]
-    return tuple(files)
+    return (f"pipelines/methods/{method}.py", *method_code_deps(method))
 
 
 def _toposort(stages: dict[str, Stage]) -> dict[str, Stage]:
@@ -279,15 +276,41 @@ def is_fresh(params: Params, graph: dict[str, Stage], name: str) -> bool:
         return False
 
 
-def write_stamp(params: Params, graph: dict[str, Stage], name: str, fp: str | None = None) -> None:
+def write_stamp(
+    params: Params,
+    graph: dict[str, Stage],
+    name: str,
+    fp: str | None = None,
+    *,
+    metadata: dict[str, Any] | None = None,
+    view: str | None = None,
+    run_id: str | None = None,
+) -> None:
     """Record that ``name``'s output was computed from ``fp`` (take it *before* running,
     so code edited while a stage runs leaves the stage stale, not falsely fresh). Only
-    rank 0 writes under torchrun."""
+    rank 0 writes under torchrun.
+
+    The stamp is the stage record (pipelines/records.py): besides the fingerprint it
+    holds the output's ``metadata`` (default: :func:`pipelines.records.stage_metadata`),
+    ``finished_at``, which ``view`` ran it (default: cli, or dvc under ``dvc repro``)
+    and the Dagster ``run_id`` when Dagster ran it."""
+    from pipelines.records import current_run_id, current_view, now_iso, stage_metadata
+
     if not is_main_process():
         return
+    st = graph[name]
     write_json(
-        params.root / graph[name].out / STAMP,
-        {"stage": name, "fingerprint": fp or fingerprint(params, graph, name)},
+        params.root / st.out / STAMP,
+        {
+            "stage": name,
+            "fingerprint": fp or fingerprint(params, graph, name),
+            "metadata": stage_metadata(params.root, st.kind, st.out)
+            if metadata is None
+            else metadata,
+            "finished_at": now_iso(),
+            "view": view or current_view(),
+            "run_id": run_id or current_run_id(),
+        },
     )
 
 
