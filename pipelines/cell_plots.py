@@ -14,6 +14,8 @@ import numpy as np
 from pipelines.evaluate import task_columns
 from pipelines.metrics import per_class_ap
 
+MAX_BARS_PER_END = 30
+
 
 def pr_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Micro-averaged (precision, recall) over every annotated (image, label) pair,
@@ -33,7 +35,8 @@ def pr_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
 def per_class_ap_figure(
     scores: np.ndarray, labels: np.ndarray, n_seen: int, names: list[str], zero_positive: str
 ) -> Any:
-    """Horizontal bars: AP (%) of each unseen label, sorted, with the ZSL mAP marked."""
+    """Horizontal bars: AP (%) of each unseen label, sorted, with the ZSL mAP marked (the
+    30 lowest and 30 highest when there are more than 60 unseen labels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,8 +46,10 @@ def per_class_ap_figure(
     res = per_class_ap(scores[:, cols], labels[:, cols], zero_positive=zero_positive)
     ap = np.nan_to_num(res.ap, nan=0.0)
     order = np.argsort(ap)
+    if len(order) > 2 * MAX_BARS_PER_END:  # many unseen labels: the lowest and the highest
+        order = np.r_[order[:MAX_BARS_PER_END], order[-MAX_BARS_PER_END:]]
     unseen = names[cols]
-    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.18 * len(ap) + 1)))
+    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.18 * len(order) + 1)))
     ax.barh([unseen[i] for i in order], ap[order], color="tab:blue")
     ax.axvline(float(np.nanmean(res.ap)), color="tab:red", lw=1.5, label="ZSL mAP")
     ax.set_xlabel("AP (%)")

@@ -179,13 +179,18 @@ def goto(page: Any, url: str) -> None:
         skip.click()
 
 
+def materialize_button(page: Any) -> Any:
+    """The asset page's "Materialize" (or, partitioned, "Materialize...") button."""
+    return page.locator("button", has_text="Materialize").first
+
+
 def materialize_from_asset_page(
     page: Any, ui: UI, asset_path: str, timeout: float
 ) -> tuple[float, dict]:
     """Open the asset's page, click Materialize, wait for the run to succeed.
     Returns (seconds from click to success, the run)."""
     goto(page, f"{ui.dagster}/assets/{asset_path}")
-    button = page.get_by_role("button", name="Materialize", exact=True)
+    button = materialize_button(page)
     button.wait_for(timeout=60_000)
     known = {r["runId"] for r in ui.runs()}
     t0 = time.time()

@@ -17,6 +17,7 @@ from tests.browser import (
     browser_page,
     chromium_path,
     goto,
+    materialize_button,
     materialize_from_asset_page,
     running_ui,
 )
@@ -76,10 +77,9 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
         # 3. a cell computed by Dagster: its MLflow run carries the Dagster run id
         known = {r["runId"] for r in ui.runs()}
         goto(page, f"{ui.dagster}/assets/cells/toyworld")
-        page.get_by_role("button", name="Materialize", exact=False).first.click()
-        dialog = page.get_by_role("dialog")
-        dialog.wait_for(timeout=30_000)
-        _select_partition(page, dialog, "random")
+        materialize_button(page).click()
+        page.get_by_text("Partition selection").wait_for(timeout=30_000)
+        _select_partition(page, "random")
         cell_run = ui.wait_run(known, timeout=400)
         assert cell_run["status"] == "SUCCESS", ui.tail()
         mlflow.set_tracking_uri(params.tracking_uri())
@@ -109,10 +109,12 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
         )
 
 
-def _select_partition(page, dialog, key: str) -> None:
+def _select_partition(page, key: str) -> None:
     """In the launch dialog of a partitioned asset: select one partition, launch."""
-    box = dialog.locator("input[type=text], textarea").first
-    box.click()
-    box.fill(key)
-    box.press("Enter")
-    dialog.get_by_role("button", name="Launch").last.click()
+    page.get_by_text("Select a partition or create one").click()
+    page.keyboard.type(key)
+    page.get_by_role("menuitem").filter(has_not_text="Select all").filter(
+        has_text=key
+    ).first.click()
+    page.get_by_text("1 partition", exact=False).first.wait_for(timeout=10_000)
+    page.locator("button", has_text="Launch").last.click()
