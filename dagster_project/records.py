@@ -166,6 +166,11 @@ def _latest_finished_at(instance: dg.DagsterInstance, stage: Stage) -> str | Non
     return getattr(value, "value", value)
 
 
+def _run_in_progress(instance: dg.DagsterInstance, run_id: str | None) -> bool:
+    run = instance.get_run_by_id(run_id) if run_id else None
+    return run is not None and not run.is_finished
+
+
 def pending_stages(instance: dg.DagsterInstance, params: Params) -> list[str]:
     """Stages (in run order) whose record the instance has not seen."""
     graph = build_graph(params)
@@ -176,8 +181,11 @@ def pending_stages(instance: dg.DagsterInstance, params: Params) -> list[str]:
         record = load_record(params.root, stage.out)
         if record is None or not record.get("finished_at"):
             continue
-        if _latest_finished_at(instance, stage) != record["finished_at"]:
-            names.append(name)
+        if _latest_finished_at(instance, stage) == record["finished_at"]:
+            continue
+        if record.get("view") == "dagster" and _run_in_progress(instance, record.get("run_id")):
+            continue  # its own run reports it when the step ends
+        names.append(name)
     return names
 
 

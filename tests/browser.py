@@ -99,6 +99,7 @@ def running_ui(params: Path, dagster_home: Path, timeout: float = 300) -> Iterat
     d_port, m_port = free_port(), free_port()
     log = dagster_home.parent / f"ovml-ui-{d_port}.log"
     env = {**os.environ, "DAGSTER_HOME": str(dagster_home)}
+    env.pop("MLFLOW_TRACKING_URI", None)  # mlflow.set_tracking_uri() in this process sets it
     with open(log, "w") as fh:
         proc = subprocess.Popen(
             [

@@ -102,10 +102,10 @@ def test_reconcile_reports_each_record_once_and_fresh(tiny_workspace, tmp_path):
         assert "/runs/" in meta["mlflow_run"].value and "workflowType" in meta["mlflow_run"].value
 
         # staleness as the UI computes it: every asset fresh after the report
-        defs = build_definitions(str(tiny_workspace))
-        from dagster._core.definitions.data_version import CachingStaleStatusResolver
+        from dagster._utils.test.data_versions import get_stale_status_resolver
 
-        resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph())
+        defs = build_definitions(str(tiny_workspace))
+        resolver = get_stale_status_resolver(instance, list(defs.assets))
         for key in (["dataset", "toyworld"], ["features", "toyworld", "toy-clip"]):
             assert resolver.get_status(dg.AssetKey(key)).value == "FRESH", key
         assert resolver.get_status(dg.AssetKey(["table", "tiny"])).value == "FRESH"
