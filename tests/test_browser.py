@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 
+from pipelines.tracking import ML_VIEW
 from tests.browser import (
     browser_page,
     chromium_path,
@@ -99,14 +100,13 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
         )
         assert [r.data.tags["superseded_by"] for r in old] == [runs[0].info.run_id]
 
-        # 4. MLflow opens the experiment on its runs table, the cells' runs listed
+        # 4. MLflow opens the experiment on its runs table (the link Dagster shows), the
+        # cells' runs listed; the experiment is tagged as model development
         exp = mlflow.get_experiment_by_name("ovml/toyworld")
-        page.goto(f"{ui.mlflow}/#/experiments/{exp.experiment_id}", wait_until="networkidle")
-        page.get_by_text("clip_zeroshot-single").first.wait_for(timeout=60_000)
-        assert (
-            page.get_by_text("Traces").count() == 0
-            or page.get_by_role("tab", name="Runs").first.is_visible()
-        )
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+        page.goto(f"{ui.mlflow}/#/experiments/{exp.experiment_id}?{ML_VIEW}")
+        page.get_by_text("clip_zeroshot-single").first.wait_for(timeout=120_000)
+        assert "/runs" in page.url
 
 
 def _select_partition(page, key: str) -> None:
