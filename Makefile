@@ -8,7 +8,7 @@ DVC_VERSION := 3.67.1
 DVC   := $(shell uv tool dir --bin 2>/dev/null || echo $(HOME)/.local/bin)/dvc
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.local/bin:$(PATH)
 
-.PHONY: setup demo test lint format dvc-tool dvc-repro dvc-yaml ui bench bench-download clean
+.PHONY: setup demo test lint format dvc-tool browser dvc-repro dvc-yaml ui bench bench-ui bench-download clean
 
 setup: $(VENV)/.installed
 
@@ -26,8 +26,16 @@ dvc-tool: | $(UV)
 demo: setup
 	$(VENV)/bin/ovml demo
 
-test: setup dvc-tool
+test: setup dvc-tool browser
 	$(PY) -m pytest -q
+
+# The browser test drives Debian's chromium through Playwright's Python package
+# (Playwright's own browser download needs a host this setup cannot assume).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+		echo "chromium not found: installing Debian's chromium (apt-get)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
 
 lint: setup
 	$(VENV)/bin/ruff check pipelines dagster_project tests bench
@@ -51,6 +59,10 @@ bench: setup
 	$(PY) bench/bench_metrics.py --quick
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_backbones.py
+
+# definitions load time and click-to-success of a reused stage in the Dagster UI
+bench-ui: setup browser
+	$(PY) bench/bench_ui.py
 
 # the downloader against img2dataset (which needs its own venv: it pins older webdataset/pandas)
 bench-download: setup

@@ -1,74 +1,110 @@
-"""Assets built from the pipeline graph (pipelines/graph.py); each one calls
-pipelines.cells.run_stage, the same function the CLI and dvc.yaml call.
+"""Assets built from the pipeline graph (pipelines/graph.py); each one runs the same
+stage the CLI and dvc.yaml run and describes it with the same stage record.
 
 Asset keys: dataset/<ds>, backbone/<bb>, features/<ds>/<bb>, cells/<ds> (partitioned by
 variant), table/<name>. Each asset's code_version is its stage fingerprint, so the UI
 marks assets whose params or code changed; a materialisation of a fresh stage reuses
 the files on disk unless run config says ``force: true``.
+
+Where stages run: tables (light: JSON in, markdown/CSV/PNG out) run in the run's own
+process; datasets, backbones, features and cells (torch) run in a child process,
+``python -m pipelines.cli stage KIND KEY...``, exactly the command dvc.yaml runs, so a
+training cell is isolated and the run process never imports torch. A table depends on
+exactly the cells (partitions) it shows.
 """
 
-import base64
 import json
-from pathlib import Path
+import os
+import subprocess
+import sys
 from typing import Any
 
 import dagster as dg
 
 from dagster_project.partitions import cell_partitions
+from dagster_project.records import asset_key, code_version, dagster_ui_url, to_dagster_metadata
 from dagster_project.resources import Compute, MlflowTracking, OvmlParams
 from pipelines.config import Params
 from pipelines.graph import Stage, build_graph, fingerprint, is_fresh, write_stamp
+from pipelines.records import load_record
+
+__all__ = ["asset_key", "build_assets", "StageConfig"]
 
 
 class StageConfig(dg.Config):
     force: bool = False
 
 
-def asset_key(stage: Stage) -> dg.AssetKey:
-    if stage.kind == "cell":
-        return dg.AssetKey(["cells", stage.key[0]])
-    return dg.AssetKey([stage.kind, *stage.key])
+def dagster_run_url(run_id: str) -> str:
+    return f"{dagster_ui_url()}/runs/{run_id}"
 
 
-def _png_markdown(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f"![{path.name}](data:image/png;base64,{data})"
+def _overrides(params: Params) -> dict[str, Any]:
+    """What the resources changed in params, for the child process (through its
+    environment, never its command line: a tracking URI may hold a credential)."""
+    return {
+        "device": params.device,
+        "num_threads": params.num_threads,
+        "tracking": params.tracking.model_dump(mode="json"),
+    }
 
 
-def _metadata(params: Params, stage: Stage, reused: bool) -> dict[str, Any]:
-    out = params.root / stage.out
-    meta: dict[str, Any] = {"path": dg.MetadataValue.path(str(out)), "reused": reused}
-    if stage.kind == "dataset" and (out / "meta.json").exists():
-        info = json.loads((out / "meta.json").read_text())
-        meta.update({f"n_{k}": v for k, v in info.get("counts", {}).items()})
-        meta.update({"n_seen": info.get("n_seen"), "n_unseen": info.get("n_unseen")})
-    elif stage.kind == "backbone" and (out / "open_clip_config.json").exists():
-        info = json.loads((out / "open_clip_config.json").read_text()).get("ovml", {})
-        losses = info.get("epoch_losses", [])
-        meta.update(
-            {
-                "epochs": len(losses),
-                "final_loss": losses[-1] if losses else None,
-                "seconds": info.get("seconds"),
-            }
+def run_stage_in_child(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    params_path: str,
+    params: Params,
+    stage: Stage,
+) -> None:
+    """``ovml stage KIND KEY...`` in a child process, tagged with this Dagster run."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipelines.cli",
+        "stage",
+        stage.kind,
+        *stage.key,
+        "--params",
+        params_path,
+        "--dagster-run-id",
+        context.run_id,
+        "--dagster-run-url",
+        dagster_run_url(context.run_id),
+    ]
+    env = {
+        **os.environ,
+        "OVML_STAGE_OVERRIDES": json.dumps(_overrides(params)),
+        "TQDM_DISABLE": "1",
+    }
+    context.log.info(f"running {stage.name}: {stage.cmd}")
+    res = subprocess.run(
+        cmd, cwd=params.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    sys.stdout.write(res.stdout)  # the step's captured stdout in the UI
+    if res.returncode != 0:
+        tail = "\n".join(res.stdout.splitlines()[-30:])
+        raise dg.Failure(
+            description=f"{stage.cmd} exited with {res.returncode}",
+            metadata={"output (tail)": dg.MetadataValue.md(f"```\n{tail}\n```")},
         )
-    elif stage.kind == "features":
-        for split_dir in sorted(p for p in out.iterdir() if (p / "index.json").exists()):
-            idx = json.loads((split_dir / "index.json").read_text())
-            meta[f"n_{split_dir.name}"] = idx["n"]
-            meta["dim"], meta["n_patches"] = idx["dim"], idx["n_patches"]
-    elif stage.kind == "cell" and (out / "metrics.json").exists():
-        m = json.loads((out / "metrics.json").read_text())
-        for task in ("zsl", "gzsl"):
-            for k, v in m.get(task, {}).items():
-                meta[f"{task} {k}"] = float(v)
-        meta["mlflow_run_id"] = str(m["meta"].get("mlflow_run_id"))
-    elif stage.kind == "table" and (out / "table.md").exists():
-        md = (out / "table.md").read_text()
-        if (out / "mAP.png").exists():
-            md += "\n" + _png_markdown(out / "mAP.png")
-        meta["table"] = dg.MetadataValue.md(md)
-    return {k: v for k, v in meta.items() if v is not None}
+
+
+def run_table_in_process(
+    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    params: Params,
+    graph: dict[str, Stage],
+    stage: Stage,
+) -> None:
+    from pipelines.records import stage_view
+    from pipelines.tables import render_table
+    from pipelines.tracking import dagster_run
+
+    fp = fingerprint(params, graph, stage.name)
+    with (
+        dagster_run(context.run_id, dagster_run_url(context.run_id)),
+        stage_view("dagster", context.run_id),
+    ):
+        render_table(params, *stage.key)
+        write_stamp(params, graph, stage.name, fp)
 
 
 def _materialize(
@@ -79,22 +115,26 @@ def _materialize(
     compute: Compute,
     stage_name: str,
 ) -> dg.MaterializeResult:
-    from pipelines.cells import run_stage
-
     params = compute.apply(mlflow.apply(ovml.load()))
     graph = build_graph(params)
     stage = graph[stage_name]
     reused = not config.force and is_fresh(params, graph, stage_name)
     if reused:
         context.log.info(f"{stage_name} is up to date; reusing {stage.out}")
+    elif stage.kind == "table":
+        run_table_in_process(context, params, graph, stage)
     else:
-        context.log.info(f"running {stage_name}")
-        fp = fingerprint(params, graph, stage_name)
-        run_stage(params, stage, progress=False)
-        write_stamp(params, graph, stage_name, fp)
+        if stage.kind == "cell":
+            params.check_variant(stage.key[1])  # a bad option fails here, naming the key
+        run_stage_in_child(context, ovml.params_path, params, stage)
+    record = load_record(params.root, stage.out) or {}
+    meta = to_dagster_metadata(record.get("metadata") or {}, record)
+    meta["reused"] = reused
     return dg.MaterializeResult(
-        metadata=_metadata(params, stage, reused),
-        data_version=dg.DataVersion(fingerprint(params, graph, stage_name)),
+        metadata=meta,
+        data_version=dg.DataVersion(
+            record.get("fingerprint") or fingerprint(params, graph, stage_name)
+        ),
     )
 
 
@@ -102,26 +142,33 @@ def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     graph = build_graph(params)
     assets: list[dg.AssetsDefinition] = []
     cells_by_dataset: dict[str, list[Stage]] = {}
-    for name, stage in graph.items():
+    for stage in graph.values():
         if stage.kind == "cell":
             cells_by_dataset.setdefault(stage.key[0], []).append(stage)
-            continue
-        if stage.kind == "images":
+        elif stage.kind == "images":
             assets.append(_images_asset(params, graph, stage))
-            continue
-        assets.append(_single_asset(params, graph, stage))
-        del name
+        else:
+            assets.append(_single_asset(params, graph, stage))
     for dataset, stages in cells_by_dataset.items():
         assets.append(_cells_asset(params, graph, dataset, stages))
     return assets
 
 
-def _deps(graph: dict[str, Stage], stages: list[Stage]) -> list[dg.AssetKey]:
-    keys: dict[dg.AssetKey, None] = {}
+def _deps(graph: dict[str, Stage], stages: list[Stage]) -> list[dg.AssetDep]:
+    """Upstream assets; cells are depended on by exactly the partitions used."""
+    keys: dict[dg.AssetKey, list[str]] = {}
     for st in stages:
         for d in st.deps:
-            keys[asset_key(graph[d])] = None
-    return list(keys)
+            up = graph[d]
+            parts = keys.setdefault(asset_key(up), [])
+            if up.kind == "cell" and up.key[1] not in parts:
+                parts.append(up.key[1])
+    return [
+        dg.AssetDep(k, partition_mapping=dg.SpecificPartitionsPartitionMapping(parts))
+        if parts
+        else dg.AssetDep(k)
+        for k, parts in keys.items()
+    ]
 
 
 def _single_asset(params: Params, graph: dict[str, Stage], stage: Stage) -> dg.AssetsDefinition:
@@ -129,9 +176,9 @@ def _single_asset(params: Params, graph: dict[str, Stage], stage: Stage) -> dg.A
         key=asset_key(stage),
         deps=_deps(graph, [stage]),
         group_name=stage.kind,
-        code_version=fingerprint(params, graph, stage.name)[:16],
+        code_version=code_version(params, graph, stage.name),
         description=f"`{stage.cmd}` → {stage.out}",
-        kinds={"python"},
+        kinds={"python"} if stage.kind == "table" else {"pytorch"},
     )
     def _asset(
         context: dg.AssetExecutionContext,
@@ -171,7 +218,7 @@ def _images_asset(params: Params, graph: dict[str, Stage], stage: Stage) -> dg.A
         out = download_dataset_images(p, dataset, chunk, progress=False)
         g = build_graph(p)
         if (out / "summary.json").exists():
-            write_stamp(p, g, stage.name)
+            write_stamp(p, g, stage.name, view="dagster", run_id=context.run_id)
         summary = summarize_ledger(out / f"chunk-{chunk:04d}").to_dict()
         meta = {f"n_{k}": int(v) for k, v in summary["counts"].items() if v}
         meta["fraction_available"] = float(summary.get("fraction_available", 0.0))

@@ -10,12 +10,15 @@ from pipelines.config import DEFAULT_PARAMS, Params, TrackingConfig, load_params
 
 
 class OvmlParams(dg.ConfigurableResource):
-    """params.yaml (the grid); override the file with OVML_PARAMS or in run config."""
+    """params.yaml (the grid); override the file with OVML_PARAMS or in run config.
+
+    Loaded without validating variant options against the method configs (that would
+    import torch); a cell validates its own variant before it runs."""
 
     params_path: str = os.environ.get("OVML_PARAMS", str(DEFAULT_PARAMS))
 
     def load(self) -> Params:
-        return load_params(self.params_path)
+        return load_params(self.params_path, check_methods=False)
 
 
 class MlflowTracking(dg.ConfigurableResource):

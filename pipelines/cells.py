@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from pipelines.cell_plots import log_cell_figures
 from pipelines.config import Params, method_class
 from pipelines.data.images import open_images
 from pipelines.data.prepared import PreparedDataset
@@ -31,7 +32,7 @@ from pipelines.io import (
     world_size,
     write_json,
 )
-from pipelines.methods.base import CellContext
+from pipelines.methods.base import CellContext, Method
 from pipelines.tracking import Tracker, mlflow_run
 from pipelines.vlp.backbone import Backbone, create_backbone, resolve_device
 from pipelines.vlp.features import extract_features, load_features
@@ -187,6 +188,9 @@ def pretrain_backbone(params: Params, backbone: str, *, progress: bool = True) -
         backbone,
         tags={"backbone": backbone, "stage": "pretrain"},
         run_params=cfg.model_dump(mode="json"),
+        description=f"tiny CLIP {cfg.model} pre-trained contrastively on {cfg.pretrain.dataset} captions",
+        source=f"ovml stage backbone {backbone}",
+        system_metrics=True,
     ) as tracker:
         res = pretrain_clip(
             cfg.model,
@@ -204,6 +208,9 @@ def pretrain_backbone(params: Params, backbone: str, *, progress: bool = True) -
             on_epoch=lambda epoch, loss: tracker.log_metrics({"pretrain_loss": loss}, step=epoch),
         )
         tracker.log_metrics({"pretrain_seconds": res.seconds})
+        for f in ("open_clip_config.json", "open_clip_model.safetensors"):
+            if (out / f).is_file() and (out / f).stat().st_size < 64 * 2**20:
+                tracker.log_artifact(out / f)
     return out
 
 
@@ -343,8 +350,18 @@ def run_cell(
         "eval": params.datasets[dataset].eval.model_dump(mode="json"),
     }
     tags = {"dataset": dataset, "variant": variant, "method": var.method, "backbone": backbone}
+    trains = type(method).fit is not Method.fit
     tracking = (
-        mlflow_run(params, f"ovml/{dataset}", variant, tags=tags, run_params=run_params)
+        mlflow_run(
+            params,
+            f"ovml/{dataset}",
+            variant,
+            tags=tags,
+            run_params=run_params,
+            description=var.description,
+            source=f"ovml stage cell {dataset} {variant}",
+            system_metrics=trains,
+        )
         if main
         else contextlib.nullcontext(Tracker(None))
     )
@@ -388,6 +405,7 @@ def run_cell(
                 "seconds_predict": round(t2 - t1, 2),
                 "fit": fit_summary,
                 "mlflow_run_id": tracker.run_id,
+                "mlflow_experiment_id": tracker.experiment_id,
                 "n_seen": ctx.n_seen,
                 "n_unseen": ctx.n_labels - ctx.n_seen,
                 "n_train_images": int(len(ctx.train_labels)),
@@ -410,6 +428,16 @@ def run_cell(
         }
         tracker.log_metrics({k.replace("@", "_at_"): v for k, v in flat.items()})
         tracker.log_artifact(out / "metrics.json")
+        if (out / "scores.npz").stat().st_size <= 64 * 2**20:  # real test sets: too big
+            tracker.log_artifact(out / "scores.npz")
+        log_cell_figures(
+            tracker,
+            scores,
+            ctx.test_labels,
+            ctx.n_seen,
+            list(ctx.label_space.names()),
+            params.datasets[dataset].eval.zero_positive,
+        )
     return metrics
 
 

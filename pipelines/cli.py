@@ -250,13 +250,32 @@ def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 
 
 @app.command()
-def stage(kind: str, key: list[str], params: ParamsOpt = DEFAULT_PARAMS) -> None:
+def stage(
+    kind: str,
+    key: list[str],
+    params: ParamsOpt = DEFAULT_PARAMS,
+    dagster_run_id: Annotated[
+        str | None, typer.Option(hidden=True, help="the Dagster run that launched this stage")
+    ] = None,
+    dagster_run_url: Annotated[str | None, typer.Option(hidden=True)] = None,
+) -> None:
     """Run exactly one stage, without its upstream (dvc.yaml's commands)."""
+    import contextlib
+    import json
+
     from pipelines.cells import run_stage
     from pipelines.graph import StaleInputError, build_graph, check_inputs, fingerprint, write_stamp
+    from pipelines.records import stage_view
     from pipelines.redact import redact
+    from pipelines.tracking import dagster_run
 
-    p = _params(params)
+    # Dagster passes what its resources override (device, threads, tracking) here
+    overrides = json.loads(os.environ.get("OVML_STAGE_OVERRIDES") or "{}")
+    try:
+        p = load_params(params, overrides) if overrides else _params(params)
+    except ConfigError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False)
+        raise typer.Exit(2) from None
     graph = build_graph(p)
     name = "@".join([kind, *key])
     if name not in graph:
@@ -270,8 +289,12 @@ def stage(kind: str, key: list[str], params: ParamsOpt = DEFAULT_PARAMS) -> None
         )
         raise typer.Exit(1) from None
     fp = fingerprint(p, graph, name)
-    run_stage(p, graph[name])
-    write_stamp(p, graph, name, fp)
+    with contextlib.ExitStack() as stack:
+        if dagster_run_id:
+            stack.enter_context(dagster_run(dagster_run_id, dagster_run_url))
+            stack.enter_context(stage_view("dagster", dagster_run_id))
+        run_stage(p, graph[name])
+        write_stamp(p, graph, name, fp)
 
 
 @app.command()
@@ -396,9 +419,23 @@ def ui(
     p = _params(params)
     _restore_interrupts()
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "OVML_PARAMS": str(params.resolve())}
+    env = {
+        **os.environ,
+        "OVML_PARAMS": str(params.resolve()),
+        "OVML_DAGSTER_UI_URL": f"http://{host}:{dagster_port}",
+        "OVML_MLFLOW_UI_URL": f"http://{host}:{mlflow_port}",
+    }
     env.setdefault("DAGSTER_HOME", str(p.root / ".dagster_home"))
-    Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    from dagster_project.instance import prepare_dagster_home, report_stage_records
+
+    prepare_dagster_home(Path(env["DAGSTER_HOME"]))
+    try:  # what the CLI and DVC built shows in the catalog (the sensor keeps it current)
+        reported = report_stage_records(p, Path(env["DAGSTER_HOME"]), env)
+    except Exception as err:  # the UI still starts; the stage_records sensor retries
+        console.print(f"[yellow]warning:[/yellow] stage records not reported to Dagster: {err}")
+        reported = []
+    if reported:
+        out.print(f"reported {len(reported)} stage record(s) to Dagster")
     procs = [
         subprocess.Popen(
             [
@@ -425,14 +462,19 @@ def ui(
                 host,
                 "--port",
                 str(mlflow_port),
+                "--workers",
+                "1",
             ],
             cwd=p.root,
             env=env,
             start_new_session=True,
         ),
     ]
+    from pipelines.tracking import experiments_url
+
     out.print(
-        f"Dagster UI: http://{host}:{dagster_port}\nMLflow UI:  http://{host}:{mlflow_port}\nCtrl-C to stop."
+        f"Dagster UI: http://{host}:{dagster_port}\n"
+        f"MLflow UI:  {experiments_url(f'http://{host}:{mlflow_port}')}\nCtrl-C to stop."
     )
     try:
         while all(pr.poll() is None for pr in procs):

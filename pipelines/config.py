@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -183,7 +191,8 @@ class Params(StrictModel):
     raw: dict[str, Any] = Field(default_factory=dict, exclude=True, repr=False)
 
     @model_validator(mode="after")
-    def _cross_references(self) -> Params:
+    def _cross_references(self, info: ValidationInfo) -> Params:
+        check_methods = (info.context or {}).get("check_methods", True)
         for name, ds in self.datasets.items():
             if ds.backbone not in self.backbones:
                 raise ValueError(
@@ -204,15 +213,12 @@ class Params(StrictModel):
                 )
             if var.backbone is not None and var.backbone not in self.backbones:
                 raise ValueError(f"variants.{name}.backbone: unknown backbone {var.backbone!r}")
-            try:
-                method_config_class(var.method).model_validate(var.options)
-            except ValidationError as err:
-                first = err.errors()[0]
-                loc = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"variants.{name}.{loc}: {first['msg']}") from None
-        for ds, var in self.cells:
-            if ds in self.datasets and var in self.variants:
-                self._check_cell_backbone(ds, var)
+            if check_methods:
+                self.check_variant(name, error=ValueError)
+        if check_methods:
+            for ds, var in self.cells:
+                if ds in self.datasets and var in self.variants:
+                    self._check_cell_backbone(ds, var)
         for name, tab in self.tables.items():
             for ds in tab.datasets:
                 if ds not in self.datasets:
@@ -280,6 +286,17 @@ class Params(StrictModel):
     def method_config(self, variant: str) -> BaseModel:
         var = self.variants[variant]
         return method_config_class(var.method).model_validate(var.options)
+
+    def check_variant(self, name: str, error: type[Exception] = ConfigError) -> None:
+        """Validate one variant's options against its method's ``Config`` (imports the
+        method module, hence torch). ``load_params(..., check_methods=False)`` defers
+        this to the variant's own cell, so the Dagster definitions load without torch."""
+        try:
+            self.method_config(name)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise error(f"variants.{name}.{loc}: {first['msg']}") from None
 
     def has_key(self, dotted: str) -> bool:
         """Whether params.yaml itself spells out this key (DVC only tracks written keys)."""
@@ -369,6 +386,35 @@ def method_config_class(name: str) -> type[BaseModel]:
     return method_class(name).Config
 
 
+def method_code_deps(name: str) -> tuple[str, ...]:
+    """A method module's ``CODE_DEPS`` (extra source files whose change reruns its cells),
+    read with ``ast`` so the graph is built without importing the method (or torch).
+    ``CODE_DEPS`` must be a literal tuple or list of repo-relative paths."""
+    import ast
+
+    if name not in available_methods():
+        raise ConfigError(f"unknown method {name!r} (known: {available_methods()})")
+    path = REPO_ROOT / "pipelines" / "methods" / f"{name}.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    for node in tree.body:
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign) and node.value is not None
+            else []
+        )
+        if any(isinstance(t, ast.Name) and t.id == "CODE_DEPS" for t in targets):
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                raise ConfigError(
+                    f"{path}:{node.lineno}: CODE_DEPS must be a literal tuple of paths"
+                ) from None
+            return tuple(str(v) for v in value)
+    return ()
+
+
 # ------------------------------------------------------------------------------ loading
 class DuplicateKeyError(yaml.YAMLError):
     """A mapping spells the same key twice (YAML would silently keep the last one)."""
@@ -396,8 +442,17 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return node
 
 
-def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Params:
-    """Load and validate params.yaml. Raises ConfigError naming the file and key."""
+def load_params(
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    check_methods: bool = True,
+) -> Params:
+    """Load and validate params.yaml. Raises ConfigError naming the file and key.
+
+    ``check_methods=False`` skips validating variant options against the method configs
+    (which imports every method module, hence torch): Dagster's definitions load that
+    way and each cell checks its own variant (:meth:`Params.check_variant`) when it runs."""
     path = Path(path) if path is not None else default_params_path()
     try:
         text = path.read_text(encoding="utf-8")
@@ -418,7 +473,10 @@ def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None
     if overrides:
         raw = _deep_merge(raw, overrides)
     try:
-        return Params.model_validate({**raw, "root": path.resolve().parent, "raw": raw})
+        return Params.model_validate(
+            {**raw, "root": path.resolve().parent, "raw": raw},
+            context={"check_methods": check_methods},
+        )
     except ValidationError as err:
         raise ConfigError(_format_validation_error(path, err)) from None
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import REPO_ROOT, Params, method_module
+from pipelines.config import REPO_ROOT, Params, method_code_deps
 from pipelines.io import is_main_process, read_json, write_json
 
 STAMP = ".ovml-stage.json"
@@ -221,10 +221,7 @@ def _papers() -> tuple[str, ...]:
 
 
 def _method_code(method: str) -> tuple[str, ...]:
-    files = [f"pipelines/methods/{method}.py"]
-    mod = method_module(method)
-    files += [f for f in getattr(mod, "CODE_DEPS", ())]
-    return tuple(files)
+    return (f"pipelines/methods/{method}.py", *method_code_deps(method))
 
 
 def _toposort(stages: dict[str, Stage]) -> dict[str, Stage]:
@@ -430,20 +427,37 @@ def write_stamp(
     fp: str | None = None,
     *,
     outputs: dict[str, dict[str, Any]] | None = None,
+    metadata: dict[str, Any] | None = None,
+    view: str | None = None,
+    run_id: str | None = None,
 ) -> None:
     """Record that ``name``'s output was computed from ``fp`` (take it *before* running,
-    so code edited while a stage runs leaves the stage stale, not falsely fresh), with the
-    size, mtime and sha256 of every file in its output folder. Only rank 0 writes under
-    torchrun."""
+    so code edited while a stage runs leaves the stage stale, not falsely fresh). Only
+    rank 0 writes under torchrun.
+
+    The stamp is the stage record (pipelines/records.py): besides the fingerprint it
+    holds the size, mtime and sha256 of every file in the output folder (``outputs``),
+    the output's ``metadata`` (default: :func:`pipelines.records.stage_metadata`),
+    ``finished_at``, which ``view`` ran it (default: cli, or dvc under ``dvc repro``)
+    and the Dagster ``run_id`` when Dagster ran it."""
+    from pipelines.records import current_run_id, current_view, now_iso, stage_metadata
+
     if not is_main_process():
         return
-    out_dir = params.root / graph[name].out
+    st = graph[name]
+    out_dir = params.root / st.out
     write_json(
         out_dir / STAMP,
         {
             "stage": name,
             "fingerprint": fp or fingerprint(params, graph, name),
             "outputs": hash_outputs(out_dir) if outputs is None else outputs,
+            "metadata": stage_metadata(params.root, st.kind, st.out)
+            if metadata is None
+            else metadata,
+            "finished_at": now_iso(),
+            "view": view or current_view(),
+            "run_id": run_id or current_run_id(),
         },
     )
 

@@ -17,9 +17,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where used: Dagster's definitions load without it
+    import numpy as np
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -129,6 +130,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
     """Atomically save arrays as an uncompressed ``.npz`` (no pickled objects allowed)."""
+    import numpy as np
+
     for key, arr in arrays.items():
         if np.asarray(arr).dtype == object:
             raise TypeError(f"array {key!r} has dtype=object; npz files here must not need pickle")
@@ -137,6 +140,8 @@ def save_npz(path: str | os.PathLike[str], **arrays: np.ndarray) -> None:
 
 
 def load_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
+    import numpy as np
+
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
 
@@ -150,6 +155,8 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 def _json_default(obj: Any) -> Any:
+    import numpy as np
+
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,14 @@ def default_metrics(params: Params, dataset: str) -> list[str]:
     return ["mAP", *[f"{m}@{k}" for k in ks for m in ("P", "R", "F1")]]
 
 
-def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
-    from pipelines.cells import load_cell_metrics
+def load_cell_metrics(params: Params, dataset: str, variant: str) -> dict[str, Any] | None:
+    """A cell's metrics.json (read here, not through pipelines.cells: a table is a light
+    stage and must not import torch)."""
+    path = params.path("results") / "cells" / dataset / variant / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
+
+def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     tab = params.tables[name]
     published = dict(tab.published)
     if tab.paper is not None:  # the transcribed paper table (pipelines/published/)
@@ -161,7 +167,13 @@ def render_table(params: Params, name: str) -> Path:
         if rows:
             _plot(tmp / "mAP.png", rows)
     with mlflow_run(
-        params, "tables", name, tags={"table": name}, run_params={"table": name}
+        params,
+        "tables",
+        name,
+        tags={"table": name},
+        run_params={"table": name},
+        description=params.tables[name].title,
+        source=f"ovml stage table {name}",
     ) as tracker:
         for f in sorted(out.iterdir()):
             if not f.name.startswith("."):

@@ -3,13 +3,28 @@ cell, tagged with git SHA, dataset, variant, backbone and the Dagster run id.
 
 Everything degrades to a no-op when tracking is disabled, so the library never needs a
 server. The default store is a local SQLite file (params.yaml: tracking.uri).
+
+What a run carries (see :func:`mlflow_run`):
+- MLflow's own source fields (``mlflow.source.git.commit``, ``mlflow.source.name``) and
+  the variant's description as the run description (``mlflow.note.content``);
+- ``dagster_run_id`` and ``dagster_run_url`` when Dagster launched it (the asset passes
+  its context's run id through :func:`dagster_run`, not through the environment);
+- ``current``: ``yes`` on the latest finished run of a cell; a recomputed cell's
+  earlier runs get ``current = no`` and ``superseded_by = <run id>``;
+- ``ovml.host`` / ``ovml.pid``: a run left RUNNING by a killed process on this host is
+  marked KILLED when the next run starts in its experiment.
+
+Experiments carry ``mlflow.experimentKind = custom_model_development`` so the MLflow UI
+opens them on the runs table (not the GenAI traces view).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +81,16 @@ class Tracker:
     def run_id(self) -> str | None:
         return self.run.info.run_id if self.run is not None else None
 
+    @property
+    def experiment_id(self) -> str | None:
+        return self.run.info.experiment_id if self.run is not None else None
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        if self.run is not None:
+            import mlflow
+
+            mlflow.log_figure(figure, name)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.run is not None:
             import mlflow
@@ -90,14 +115,102 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+EXPERIMENT_KIND = "custom_model_development"  # the MLflow UI opens such experiments on runs
+
+_DAGSTER_RUN: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar(
+    "ovml_dagster_run", default=None
+)
+
+
+@contextlib.contextmanager
+def dagster_run(run_id: str, url: str | None = None) -> Iterator[None]:
+    """Tag the MLflow runs started inside this block with a Dagster run (id and UI link)."""
+    token = _DAGSTER_RUN.set((run_id, url))
+    try:
+        yield
+    finally:
+        _DAGSTER_RUN.reset(token)
+
+
+def mlflow_ui_url() -> str:
+    """Base URL of the MLflow UI (``ovml ui`` sets OVML_MLFLOW_UI_URL for Dagster)."""
+    return os.environ.get("OVML_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+
+
+# MLflow 3's UI has a global GenAI / model-training switch (GenAI by default); links
+# carry the model-training choice so they open on runs, not on traces
+ML_VIEW = "workflowType=machine_learning"
+
+
+def run_url(experiment_id: str, run_id: str, base: str | None = None) -> str:
+    return f"{base or mlflow_ui_url()}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+
+
+def experiments_url(base: str | None = None) -> str:
+    return f"{base or mlflow_ui_url()}/#/experiments?{ML_VIEW}"
+
+
 def _experiment(params: Params, name: str) -> str:
     import mlflow
 
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
+        if exp.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND:
+            mlflow.MlflowClient().set_experiment_tag(
+                exp.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND
+            )
         return exp.experiment_id
     artifacts = params.root / "mlartifacts" / name.replace("/", "_")
-    return mlflow.create_experiment(name, artifact_location=artifacts.as_uri())
+    return mlflow.create_experiment(
+        name,
+        artifact_location=artifacts.as_uri(),
+        tags={"mlflow.experimentKind": EXPERIMENT_KIND},
+    )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_killed_runs(client: Any, experiment_id: str) -> list[str]:
+    """Mark KILLED the runs of this host left RUNNING by a process that no longer exists."""
+    host = socket.gethostname()
+    killed = []
+    for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    ):
+        tags = run.data.tags
+        pid = tags.get("ovml.pid", "")
+        if tags.get("ovml.host") != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if not _pid_alive(int(pid)):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            client.set_tag(run.info.run_id, "killed_reason", f"process {pid} on {host} ended")
+            killed.append(run.info.run_id)
+    return killed
+
+
+def supersede(client: Any, experiment_id: str, run_name: str, current_id: str) -> list[str]:
+    """Mark this run ``current = yes`` and the earlier finished runs of the same name
+    ``current = no, superseded_by = <current_id>``."""
+    old = []
+    for run in client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.run_name = '{run_name}' and tags.current = 'yes'",
+        max_results=1000,
+    ):
+        if run.info.run_id != current_id:
+            client.set_tag(run.info.run_id, "current", "no")
+            client.set_tag(run.info.run_id, "superseded_by", current_id)
+            old.append(run.info.run_id)
+    client.set_tag(current_id, "current", "yes")
+    return old
 
 
 @contextlib.contextmanager
@@ -108,8 +221,16 @@ def mlflow_run(
     *,
     tags: dict[str, str],
     run_params: dict[str, Any],
+    description: str = "",
+    source: str = "",
+    system_metrics: bool = False,
 ) -> Iterator[Tracker]:
-    """Start an MLflow run (or a no-op tracker when tracking is disabled)."""
+    """Start an MLflow run (or a no-op tracker when tracking is disabled).
+
+    ``description`` becomes the run's description, ``source`` its source name (the
+    stage command); ``system_metrics`` samples CPU / memory (and GPU with pynvml) while
+    the run is open. On success the run becomes its name's current run (:func:`supersede`).
+    """
     if not params.tracking.enabled or os.environ.get("OVML_TRACKING", "1") == "0":
         yield Tracker(None)
         return
@@ -124,17 +245,44 @@ def mlflow_run(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
     try:
         exp_id = _experiment(params, experiment)
     except Exception as err:  # MlflowException, sqlalchemy, requests: one redacted line
         raise TrackingError(
             f"MLflow tracking at {redact(uri)}: {redact(str(err)).splitlines()[0][:300]}"
         ) from None
-    all_tags = {"git_sha": git_sha(params.root), **{k: redact(str(v)) for k, v in tags.items()}}
-    if run_id := os.environ.get("DAGSTER_RUN_ID"):
-        all_tags["dagster_run_id"] = run_id
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, tags=all_tags) as run:
+    mark_killed_runs(client, exp_id)
+    sha = git_sha(params.root)
+    all_tags = {
+        "git_sha": sha,
+        "mlflow.source.git.commit": sha,
+        "mlflow.source.name": source or f"ovml {experiment} {run_name}",
+        "mlflow.source.type": "LOCAL",
+        "ovml.host": socket.gethostname(),
+        "ovml.pid": str(os.getpid()),
+        **{k: redact(str(v)) for k, v in tags.items()},
+    }
+    if description:
+        all_tags["mlflow.note.content"] = redact(description)
+    if (dagster := _DAGSTER_RUN.get()) is not None:
+        all_tags["dagster_run_id"] = dagster[0]
+        if dagster[1]:
+            all_tags["dagster_run_url"] = dagster[1]
+    with mlflow.start_run(
+        experiment_id=exp_id,
+        run_name=run_name,
+        tags=all_tags,
+        log_system_metrics=system_metrics and _have_psutil(),
+    ) as run:
         flat = {k: redact(str(v))[:500] for k, v in _flatten(run_params).items()}
         for i in range(0, len(flat), 100):
             mlflow.log_params(dict(list(flat.items())[i : i + 100]))
         yield Tracker(run)
+    supersede(client, exp_id, run_name, run.info.run_id)
+
+
+def _have_psutil() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("psutil") is not None

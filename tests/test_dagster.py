@@ -33,8 +33,16 @@ def test_materialise_demo_graph_in_process(tmp_path, monkeypatch):
     table = next(a for a in assets if a.key.path[0] == "table")
     res = dg.materialize([table], resources=resources, instance=instance)
     assert res.success
-    md = res.asset_materializations_for_node(table.node_def.name)[0].metadata["table"].value
-    assert "clip_zeroshot" in md and "data:image/png;base64," in md
+    meta = res.asset_materializations_for_node(table.node_def.name)[0].metadata
+    records = meta["table"].value.records  # a native table, one record per (variant, task)
+    assert {r.data["variant"] for r in records} == {
+        "random",
+        "clip_zeroshot",
+        "clip_zeroshot-single",
+    }
+    assert all(0 <= r.data["mAP"] <= 100 for r in records)
+    assert "data:image/png;base64," in meta["plot"].value
+    assert 0 <= meta["toyworld/clip_zeroshot ZSL mAP"].value <= 100  # the Plots tab's series
     # files are exactly what the CLI / DVC would write
     out = json.loads((tmp_path / "results/tables/tiny/table.json").read_text())
     assert out["missing"] == []

@@ -8,6 +8,10 @@ directory for checkpoints and a ``log_metrics`` callback (MLflow when enabled).
 
 It returns test scores (N_test, S+U) float32. Metrics are computed from the scores by
 pipelines/evaluate.py, so a metric change never retrains a method.
+
+A method module defines ``Config``, ``METHOD`` and, if its cells also depend on other
+source files, ``CODE_DEPS = ("pipelines/train.py", ...)``: a literal tuple, read with
+``ast`` so building the stage graph (and Dagster's definitions) never imports a method.
 """
 
 from __future__ import annotations

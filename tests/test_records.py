@@ -1,0 +1,192 @@
+"""Stage records reach Dagster, definitions stay light, MLflow runs link back (issue 14)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import dagster as dg
+import pytest
+
+from tests.conftest import REPO
+
+
+def test_definitions_import_no_torch_or_method(tmp_path):
+    """Loading the definitions must not import torch, open_clip, mlflow or any method."""
+    probe = (
+        "import sys, json, dagster_project.definitions as d; "
+        "print(json.dumps(sorted(m for m in sys.modules if m in "
+        "('torch', 'open_clip', 'mlflow', 'pipelines.cells') "
+        "or (m.startswith('pipelines.methods.') and m != 'pipelines.methods.base'))))"
+    )
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    env.pop("OVML_PARAMS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_code_deps_read_without_import():
+    from pipelines.config import method_code_deps
+
+    assert method_code_deps("qks") == ("pipelines/train.py",)
+    assert method_code_deps("random") == ()
+
+
+def test_method_options_checked_lazily(tmp_path, tiny_params_dict):
+    from pipelines.config import ConfigError, load_params
+    from tests.conftest import write_params
+
+    tiny_params_dict["variants"]["clip_zeroshot"]["prompts"] = "many"
+    path = write_params(tmp_path, tiny_params_dict)
+    with pytest.raises(ConfigError, match="variants.clip_zeroshot.prompts"):
+        load_params(path)
+    params = load_params(path, check_methods=False)  # what Dagster's definitions do
+    params.check_variant("random")
+    with pytest.raises(ConfigError, match="variants.clip_zeroshot.prompts"):
+        params.check_variant("clip_zeroshot")
+
+
+def test_record_view_and_metadata(tiny_workspace, monkeypatch):
+    from pipelines.config import load_params
+    from pipelines.records import current_view, load_record, stage_view
+
+    params = load_params(tiny_workspace)
+    rec = load_record(params.root, "results/cells/toyworld/clip_zeroshot")
+    assert rec["view"] == "cli" and rec["run_id"] is None and rec["finished_at"]
+    assert 0 <= rec["metadata"]["zsl mAP"] <= 100 and rec["metadata"]["mlflow_run_id"]
+    table = load_record(params.root, "results/tables/tiny")["metadata"]["table"]
+    assert table["type"] == "table" and len(table["rows"]) == 6
+    monkeypatch.setenv("DVC_STAGE", "cell__toyworld__random")
+    assert current_view() == "dvc"
+    with stage_view("dagster", "abc"):
+        assert current_view() == "dagster"
+
+
+def test_reconcile_reports_each_record_once_and_fresh(tiny_workspace, tmp_path):
+    """What `ovml ui` does on start: every CLI record becomes a materialisation with its
+    data version, inputs' provenance and metadata; the catalog then shows them fresh."""
+    from dagster_project.definitions import build_definitions
+    from dagster_project.records import reconcile
+    from pipelines.config import load_params
+
+    params = load_params(tiny_workspace, check_methods=False)
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        reported = reconcile(instance, params)
+        assert reported == [
+            "dataset@toyworld",
+            "backbone@toy-clip",
+            "features@toyworld@toy-clip",
+            "cell@toyworld@random",
+            "cell@toyworld@clip_zeroshot",
+            "cell@toyworld@clip_zeroshot-single",
+            "table@tiny",
+        ]
+        assert reconcile(instance, params) == []  # nothing new: nothing reported twice
+        ev = instance.get_latest_materialization_event(dg.AssetKey(["table", "tiny"]))
+        mat = ev.asset_materialization
+        assert mat.metadata["table"].value.records[0].data["variant"] == "random"
+        assert mat.metadata["view"].value == "cli"
+        cell = instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=dg.AssetKey(["cells", "toyworld"]), asset_partitions=["clip_zeroshot"]
+            ),
+            limit=1,
+        ).records[0]
+        meta = cell.asset_materialization.metadata
+        assert "/runs/" in meta["mlflow_run"].value and "workflowType" in meta["mlflow_run"].value
+
+        # staleness as the UI computes it: every asset fresh after the report
+        from dagster._utils.test.data_versions import get_stale_status_resolver
+
+        defs = build_definitions(str(tiny_workspace))
+        resolver = get_stale_status_resolver(instance, list(defs.assets))
+        for key in (["dataset", "toyworld"], ["features", "toyworld", "toy-clip"]):
+            assert resolver.get_status(dg.AssetKey(key)).value == "FRESH", key
+        assert resolver.get_status(dg.AssetKey(["table", "tiny"])).value == "FRESH"
+
+
+def test_table_depends_on_exactly_its_cells(tiny_workspace):
+    from dagster_project.definitions import build_definitions
+
+    defs = build_definitions(str(tiny_workspace))
+    table = defs.resolve_assets_def(dg.AssetKey(["table", "tiny"]))
+    mapping = table.get_partition_mapping(dg.AssetKey(["cells", "toyworld"]))
+    assert isinstance(mapping, dg.SpecificPartitionsPartitionMapping)
+    assert set(mapping.partition_keys) == {"random", "clip_zeroshot", "clip_zeroshot-single"}
+
+
+def test_demo_job_materialises_what_ovml_demo_computes(tiny_workspace, tmp_path):
+    from dagster_project.definitions import build_definitions
+    from pipelines.config import load_params
+    from pipelines.graph import build_graph, upstream
+
+    defs = build_definitions(str(tiny_workspace))
+    with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
+        res = defs.get_job_def("demo").execute_in_process(instance=instance)
+        assert res.success
+        got = {
+            (tuple(m.asset_key.path), m.partition)
+            for m in (e.materialization for e in res.get_asset_materialization_events())
+        }
+    params = load_params(tiny_workspace)
+    graph = build_graph(params)
+    want = set()
+    for name in upstream(graph, ["table@tiny"]):
+        st = graph[name]
+        key = ("cells", st.key[0]) if st.kind == "cell" else (st.kind, *st.key)
+        want.add((key, st.key[1] if st.kind == "cell" else None))
+    assert got == want
+
+
+@pytest.fixture
+def mlflow_params(tmp_path, tiny_params_dict):
+    from pipelines.config import load_params
+    from tests.conftest import write_params
+
+    return load_params(write_params(tmp_path, tiny_params_dict))
+
+
+def test_mlflow_runs_linked_superseded_and_killed(mlflow_params):
+    import mlflow
+
+    from pipelines.tracking import dagster_run, mlflow_run
+
+    def cell_run(**kw):
+        with mlflow_run(
+            mlflow_params, "ovml/t", "v1", tags={"variant": "v1"}, run_params={}, **kw
+        ) as tr:
+            return tr.run_id
+
+    first = cell_run(description="variant one")
+    with dagster_run("dagster-run-1", "http://d/runs/dagster-run-1"):
+        second = cell_run(description="variant one")
+    client = mlflow.MlflowClient()
+    a, b = client.get_run(first), client.get_run(second)
+    assert b.data.tags["dagster_run_id"] == "dagster-run-1"
+    assert b.data.tags["dagster_run_url"] == "http://d/runs/dagster-run-1"
+    assert "dagster_run_id" not in a.data.tags
+    assert b.data.tags["mlflow.note.content"] == "variant one"
+    assert b.data.tags["mlflow.source.git.commit"] == b.data.tags["git_sha"]
+    assert (a.data.tags["current"], a.data.tags["superseded_by"]) == ("no", second)
+    assert b.data.tags["current"] == "yes"
+    exp = client.get_experiment(b.info.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # a run its process left RUNNING (killed) is marked KILLED when the next one starts
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    ghost = client.create_run(
+        b.info.experiment_id,
+        run_name="v1",
+        tags={"ovml.host": socket.gethostname(), "ovml.pid": dead.stdout.strip()},
+    )
+    assert client.get_run(ghost.info.run_id).info.status == "RUNNING"
+    cell_run()
+    assert client.get_run(ghost.info.run_id).info.status == "KILLED"
