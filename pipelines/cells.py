@@ -53,6 +53,16 @@ def build_dataset(params: Params, dataset: str, *, progress: bool = True) -> Pat
 
         toyworld.generate(toyworld.ToyworldOptions(**cfg.options), out, progress=progress)
         return out
+    if cfg.source == "iconworld":
+        from pipelines.data import iconworld
+
+        try:
+            iconworld.generate(
+                iconworld.IconworldOptions(**cfg.options), out, progress=progress, name=dataset
+            )
+        except ValueError as err:
+            raise ValueError(f"datasets.{dataset}.{err}") from None
+        return out
     if cfg.release_dir is None:
         raise ValueError(
             f"datasets.{dataset}.release_dir is not set: point it at the official {cfg.source} "

@@ -59,6 +59,9 @@ class DownloadParams(StrictModel):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
 
 
+GENERATED_SOURCES = ("toyworld", "iconworld")  # procedural worlds with captions
+
+
 class DatasetConfig(StrictModel):
     """One dataset: where it comes from, which backbone its cells use by default, eval.
 
@@ -66,7 +69,7 @@ class DatasetConfig(StrictModel):
     output folder) or, with ``download:``, from the pipeline's own download stage.
     """
 
-    source: Literal["toyworld", "nus-wide", "open-images-v4", "coco-zsl", "voc2007"]
+    source: Literal["toyworld", "iconworld", "nus-wide", "open-images-v4", "coco-zsl", "voc2007"]
     backbone: str
     options: dict[str, Any] = {}
     release_dir: str | None = None  # real datasets: the official release, as shipped
@@ -78,8 +81,10 @@ class DatasetConfig(StrictModel):
     def _one_image_source(self) -> DatasetConfig:
         if self.images and self.download:
             raise ValueError("set either `images:` (already on disk) or `download:`, not both")
-        if self.source == "toyworld" and (self.images or self.download or self.release_dir):
-            raise ValueError("toyworld is generated: release_dir, images and download do not apply")
+        if self.source in GENERATED_SOURCES and (self.images or self.download or self.release_dir):
+            raise ValueError(
+                f"{self.source} is generated: release_dir, images and download do not apply"
+            )
         return self
 
 

@@ -70,7 +70,13 @@ def _dataset_code(source: str) -> tuple[str, ...]:
     from pipelines.data import REAL_DATASETS
 
     module = REAL_DATASETS.get(source, source)
-    return (f"pipelines/data/{module}.py", "pipelines/data/prepared.py")
+    extra: tuple[str, ...] = ()
+    if source == "iconworld":
+        extra = (
+            "pipelines/data/iconworld_vocab.py",
+            "pipelines/data/reference_lists/iconworld/wordnet.json",
+        )
+    return (f"pipelines/data/{module}.py", "pipelines/data/prepared.py", *extra)
 
 
 def build_graph(params: Params) -> dict[str, Stage]:
