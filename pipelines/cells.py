@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from pipelines.config import Params, method_class
+from pipelines.config import Params, method_class, split_seed
 from pipelines.data.images import open_images
 from pipelines.data.prepared import PreparedDataset
 from pipelines.evaluate import evaluate_scores
@@ -255,7 +255,7 @@ def make_context(
         test_labels=ds.splits["test"].labels,
         backbone_name=bb,
         device=resolve_device(params.device),
-        seed=params.seed,
+        seed=params.seed_for(variant),
         workdir=workdir,
         load_backbone=lambda: load_backbone(params, bb),
         load_features=lambda split: load_features(feat_dir / split),
@@ -298,25 +298,33 @@ def run_cell(
     predicts, evaluates, writes the cell folder and logs the MLflow run; the other ranks
     return ``{}`` once training is done."""
     main = is_main_process()
-    var = params.variants[variant]
+    base, _ = split_seed(variant)  # one training seed of a variant: <variant>@s<seed>
+    seed = params.seed_for(variant)
+    var = params.variants[base]
     config = params.method_config(variant)
     method = method_class(var.method)(config)
     out = cell_dir(params, dataset, variant)
     work = params.path("results") / ".work" / dataset / variant  # checkpoints survive a kill
     work.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(params.seed)
-    np.random.seed(params.seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     backbone = params.backbone_for(dataset, variant)
     run_params = {
         "dataset": dataset,
         "variant": variant,
         "method": var.method,
         "backbone": backbone,
-        "seed": params.seed,
+        "seed": seed,
         "config": config.model_dump(mode="json"),
         "eval": params.datasets[dataset].eval.model_dump(mode="json"),
     }
-    tags = {"dataset": dataset, "variant": variant, "method": var.method, "backbone": backbone}
+    tags = {
+        "dataset": dataset,
+        "variant": variant,
+        "method": var.method,
+        "backbone": backbone,
+        "seed": str(seed),
+    }
     tracking = (
         mlflow_run(params, f"ovml/{dataset}", variant, tags=tags, run_params=run_params)
         if main
@@ -357,6 +365,7 @@ def run_cell(
                 "variant": variant,
                 "method": var.method,
                 "backbone": backbone,
+                "seed": seed,
                 "config": config.model_dump(mode="json"),
                 "seconds_fit": round(t1 - t0, 2),
                 "seconds_predict": round(t2 - t1, 2),
@@ -421,4 +430,8 @@ def run_stage(params: Params, stage: Stage, *, progress: bool = True) -> Any:
         from pipelines.tables import render_table
 
         return render_table(params, *stage.key)
+    if stage.kind == "agreement":
+        from pipelines.agreement import render_agreement
+
+        return render_agreement(params, *stage.key)
     raise ValueError(f"unknown stage kind {stage.kind!r}")

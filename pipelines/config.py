@@ -153,6 +153,53 @@ class TableConfig(StrictModel):
     published: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     """published[variant][dataset][task][metric] = number printed in the paper."""
     source: str = ""  # which paper / table this reproduces
+    seeds: list[Annotated[int, Field(ge=0)]] | None = None
+    """Training seeds: each row becomes one cell per seed (``<variant>@s<seed>``) and the
+    table prints mean ± std over them. Without it, a row is the single cell ``<variant>``
+    trained with the top-level ``seed``."""
+    published_dataset: str | None = None
+    """Where the published numbers come from when not from the table's own dataset (the
+    embedded worlds print the papers' NUS-WIDE numbers beside theirs, as a reference)."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return v
+
+
+class PublishedPair(StrictModel):
+    """A paper's numbers for a method and its reference row: [task][metric] -> value."""
+
+    method: dict[Literal["zsl", "gzsl"], dict[str, float]]
+    reference: dict[Literal["zsl", "gzsl"], dict[str, float]]
+
+
+class AgreementPair(StrictModel):
+    method: str  # variant
+    reference: str  # variant of the paper's own reference row
+    source: str = ""  # paper and table
+    published: PublishedPair
+
+
+class AgreementConfig(StrictModel):
+    """``ovml agreement``: each pair's sign of (method − reference) against its paper's,
+    counted beyond ``sigmas`` std over ``seeds`` (pipelines/agreement.py)."""
+
+    title: str
+    dataset: str
+    seeds: list[Annotated[int, Field(ge=0)]]
+    sigmas: Annotated[float, Field(gt=0)] = 2.0
+    baseline: str = "clip_zeroshot"  # every method against it too, for information
+    published_dataset: str = "nus-wide"
+    pairs: dict[str, AgreementPair]
+
+    def variants(self) -> list[str]:
+        names = [self.baseline]
+        for p in self.pairs.values():
+            names += [p.method, p.reference]
+        return list(dict.fromkeys(names))
 
 
 class TrackingConfig(StrictModel):
@@ -178,6 +225,8 @@ class Params(StrictModel):
     variants: dict[str, VariantConfig]
     tables: dict[str, TableConfig]
     demo_tables: list[str] = []
+    agreement: dict[str, AgreementConfig] = {}
+    demo_agreement: list[str] = []
 
     # where relative paths resolve (the params file's folder) and the keys as written
     root: Path = Field(default=REPO_ROOT, exclude=True)
@@ -198,6 +247,8 @@ class Params(StrictModel):
                 )
         known_methods = available_methods()
         for name, var in self.variants.items():
+            if "@" in name:
+                raise ValueError(f"variants.{name}: '@' is reserved for seeds (<variant>@s<seed>)")
             if var.method not in known_methods:
                 raise ValueError(
                     f"variants.{name}.method: unknown method {var.method!r} "
@@ -221,6 +272,15 @@ class Params(StrictModel):
         for name in self.demo_tables:
             if name not in self.tables:
                 raise ValueError(f"demo_tables: unknown table {name!r}")
+        for name, agr in self.agreement.items():
+            if agr.dataset not in self.datasets:
+                raise ValueError(f"agreement.{name}.dataset: unknown dataset {agr.dataset!r}")
+            for v in agr.variants():
+                if v not in self.variants:
+                    raise ValueError(f"agreement.{name}: unknown variant {v!r}")
+        for name in self.demo_agreement:
+            if name not in self.agreement:
+                raise ValueError(f"demo_agreement: unknown agreement {name!r}")
         return self
 
     # ------------------------------------------------------------------ derived views
@@ -230,19 +290,31 @@ class Params(StrictModel):
 
     @property
     def cells(self) -> list[tuple[str, str]]:
-        """Every (dataset, variant) named by a table, in table order, without repeats."""
+        """Every (dataset, cell variant) named by a table, in table order, without repeats.
+        A table with ``seeds`` names one cell per seed: ``<variant>@s<seed>``."""
         seen: dict[tuple[str, str], None] = {}
         for tab in self.tables.values():
             for ds in tab.datasets:
                 for row in tab.rows:
-                    seen[(ds, row)] = None
+                    for cell in table_cells(tab, row):
+                        seen[(ds, cell)] = None
+        for agr in self.agreement.values():
+            for row in agr.variants():
+                for s in agr.seeds:
+                    seen[(agr.dataset, seeded(row, s))] = None
         return list(seen)
 
     def backbone_for(self, dataset: str, variant: str) -> str:
-        return self.variants[variant].backbone or self.datasets[dataset].backbone
+        base, _ = split_seed(variant)
+        return self.variants[base].backbone or self.datasets[dataset].backbone
+
+    def seed_for(self, variant: str) -> int:
+        """The training seed of a cell: its ``@s<seed>`` suffix, else the top-level seed."""
+        _, seed = split_seed(variant)
+        return self.seed if seed is None else seed
 
     def method_config(self, variant: str) -> BaseModel:
-        var = self.variants[variant]
+        var = self.variants[split_seed(variant)[0]]
         return method_config_class(var.method).model_validate(var.options)
 
     def has_key(self, dotted: str) -> bool:
@@ -259,6 +331,28 @@ class Params(StrictModel):
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             return f"sqlite:///{self.root / uri.removeprefix('sqlite:///')}"
         return uri
+
+
+# -------------------------------------------------------------------------------- seeds
+SEED_SEP = "@s"
+
+
+def seeded(variant: str, seed: int) -> str:
+    """The cell name of one training seed of a variant: ``qks@s1``."""
+    return f"{variant}{SEED_SEP}{seed}"
+
+
+def split_seed(cell: str) -> tuple[str, int | None]:
+    """``qks@s1`` -> ("qks", 1); ``qks`` -> ("qks", None)."""
+    base, sep, tail = cell.rpartition(SEED_SEP)
+    if sep and tail.isdigit():
+        return base, int(tail)
+    return cell, None
+
+
+def table_cells(tab: TableConfig, row: str) -> list[str]:
+    """The cells behind one row of a table: one per seed, or the variant's single cell."""
+    return [row] if tab.seeds is None else [seeded(row, s) for s in tab.seeds]
 
 
 # ------------------------------------------------------------------------------ methods

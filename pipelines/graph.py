@@ -8,6 +8,7 @@ Stage kinds (and their output folders):
     features  <features>/<dataset>/<backbone>/       frozen-backbone feature cache
     cell      <results>/cells/<dataset>/<variant>/   metrics.json, scores.npz, model weights
     table     <results>/tables/<table>/              table.md/.csv/.json and a plot
+    agreement <results>/agreement/<name>/            method vs its paper's reference row
 
 ``dvc.yaml`` is generated from this graph (``ovml dvc-yaml``; a test checks it is in
 step), Dagster assets are built from it, and :func:`run_stages` runs it in-process,
@@ -27,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import REPO_ROOT, Params, method_module
+from pipelines.config import REPO_ROOT, Params, method_module, seeded, split_seed, table_cells
 from pipelines.io import is_main_process, read_json, write_json
 
 STAMP = ".ovml-stage.json"
@@ -168,14 +169,15 @@ def build_graph(params: Params) -> dict[str, Stage]:
         ups = [dataset_stage(ds), features_stage(ds, bb)]
         if (b := backbone_stage(bb)) is not None:
             ups.append(b)
-        method = params.variants[var].method
+        base, seed = split_seed(var)  # a seeded cell (qks@s1) reads its own seed, not `seed`
+        method = params.variants[base].method
         add(
             Stage(
                 "cell",
                 (ds, var),
                 tuple(ups),
                 _rel(params, "results", "cells", ds, var),
-                ("seed", f"variants.{var}", f"datasets.{ds}.eval"),
+                (*(("seed",) if seed is None else ()), f"variants.{base}", f"datasets.{ds}.eval"),
                 (
                     *LIBRARY_CODE,
                     "pipelines/cells.py",
@@ -188,7 +190,12 @@ def build_graph(params: Params) -> dict[str, Stage]:
             )
         )
     for name, tab in params.tables.items():
-        ups = tuple(f"cell@{ds}@{row}" for ds in tab.datasets for row in tab.rows)
+        ups = tuple(
+            f"cell@{ds}@{cell}"
+            for ds in tab.datasets
+            for row in tab.rows
+            for cell in table_cells(tab, row)
+        )
         add(
             Stage(
                 "table",
@@ -197,6 +204,18 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 _rel(params, "results", "tables", name),
                 (f"tables.{name}",),
                 (*LIBRARY_CODE, "pipelines/tables.py"),
+            )
+        )
+    for name, agr in params.agreement.items():
+        ups = tuple(f"cell@{agr.dataset}@{seeded(v, s)}" for v in agr.variants() for s in agr.seeds)
+        add(
+            Stage(
+                "agreement",
+                (name,),
+                ups,
+                _rel(params, "results", "agreement", name),
+                (f"agreement.{name}",),
+                (*LIBRARY_CODE, "pipelines/agreement.py"),
             )
         )
     return _toposort(stages)
