@@ -192,8 +192,11 @@ def run(
     force: Annotated[bool, typer.Option(help="recompute the cell even if fresh")] = False,
 ) -> None:
     """Compute one cell (DATASET, VARIANT) and whatever it needs; print its metrics."""
+    from pipelines.config import split_seed
+
     p = _params(params)
-    for what, name, known in (("dataset", dataset, p.datasets), ("variant", variant, p.variants)):
+    base = split_seed(variant)[0]  # `qks@s1`: seed 1 of variant qks
+    for what, name, known in (("dataset", dataset, p.datasets), ("variant", base, p.variants)):
         if name not in known:
             console.print(f"[red]error:[/red] unknown {what} {name!r} (known: {', '.join(known)})")
             raise typer.Exit(2)
@@ -229,16 +232,16 @@ def _force_one(p: Params, name: str) -> None:
 
 
 def _run_extra_cell(p: Params, dataset: str, variant: str, force: bool) -> None:
-    from pipelines.config import TableConfig
+    from pipelines.config import TableConfig, split_seed
 
-    extra = p.model_copy(
-        update={
-            "tables": {
-                **p.tables,
-                "_adhoc": TableConfig(title="ad hoc", datasets=[dataset], rows=[variant]),
-            }
-        }
+    base, seed = split_seed(variant)
+    adhoc = TableConfig(
+        title="ad hoc",
+        datasets=[dataset],
+        rows=[base],
+        seeds=None if seed is None else [seed],
     )
+    extra = p.model_copy(update={"tables": {**p.tables, "_adhoc": adhoc}})
     if force:
         _force_one(extra, f"cell@{dataset}@{variant}")
     _run(extra, [f"cell@{dataset}@{variant}"])

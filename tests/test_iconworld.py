@@ -133,4 +133,4 @@ def test_missing_icon_package_names_it(monkeypatch):
         iw.font_path()
 
 
-PINNED_DIGEST = "e82152f79bdf168f737e75a0d0562823df0682b5d5cf4cb0903cfeecf3a42536"
+PINNED_DIGEST = "04e265cb116225def0c6630a9144562eef4dd0cb572d273aac288ffe6e5f3d1a"

@@ -151,14 +151,14 @@ class IconworldOptions(BaseModel):
     n_train: int = Field(3000, ge=10)
     n_test: int = Field(1500, ge=10)
     min_objects: int = Field(1, ge=1)
-    max_objects: int = Field(4, ge=1, le=8)
-    icon_scale: tuple[float, float] = (0.3, 0.55)  # icon side / image side
+    max_objects: int = Field(3, ge=1, le=8)
+    icon_scale: tuple[float, float] = (0.35, 0.6)  # icon side / image side
     max_rotation: float = Field(25.0, ge=0, le=180)
     min_visible: float = Field(0.5, gt=0, le=1)
     distractors: int = Field(3, ge=0)
     noise: float = Field(8.0, ge=0)
     scene_affinity: float = Field(0.7, ge=0, le=1)
-    labels_per_subgroup: int = Field(8, ge=1)
+    labels_per_subgroup: int = Field(6, ge=1)
     min_hypernym_labels: int = Field(4, ge=2)
     unseen_fraction: float = Field(0.1, ge=0, lt=1)
     unseen_scenes: int = Field(1, ge=0)
@@ -539,14 +539,14 @@ _GROUP_NAMES = frozenset(GROUP_LABELS.values())
 
 def _object_phrase(vocab: Vocabulary, icon: Icon, rng: np.random.Generator) -> str:
     r = rng.random()
-    if r < 0.7:
+    if r < 0.6:
         noun = icon.label
-    elif r < 0.85:
+    elif r < 0.75:
         noun = icon.entry.name.lower()  # the emoji's own CLDR name
     else:  # a coarser word, as alt text often says "a bird" for a parrot
         ps = vocab.parents.get(icon.label, ())
         noun = str(rng.choice(ps)) if ps else icon.label
-    if rng.random() < 0.15 and (ps := vocab.parents.get(icon.label)):
+    if rng.random() < 0.25 and (ps := vocab.parents.get(icon.label)):
         return f"{_a(noun)}, {_a(str(rng.choice(ps)))}"
     return _a(noun)
 
