@@ -123,7 +123,7 @@ def to_markdown(
     if tab.source:
         lines += [f"Reproduces: {tab.source}", ""]
     if has_pub:
-        where = f", {tab.published_dataset} in the paper" if tab.published_dataset else ""
+        where = f" on {tab.published_dataset}, a reference" if tab.published_dataset else ""
         lines += [f"Cells read `reproduced (paper{where})`.", ""]
     if tab.seeds is not None:
         lines += [f"Mean ± std over seeds {tab.seeds} (one cell per seed).", ""]
