@@ -162,7 +162,8 @@ def _print_agreement(params: Params, name: str) -> None:
     for s in summary:
         out.print(
             f"[bold]{s['pair']}[/bold] vs {s['reference']} ({s['source']}): "
-            f"{s['agree']}/{s['of']} agree" + ("" if s["complete"] else " [yellow](cells missing)[/yellow]")
+            f"{s['agree']}/{s['of']} agree"
+            + ("" if s["complete"] else " [yellow](cells missing)[/yellow]")
         )
     out.print(f"[dim]files: {params.path('results') / 'agreement' / name}/agreement.md[/dim]")
 

@@ -64,9 +64,7 @@ def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any
     return columns, rows, missing
 
 
-def _seeded_rows(
-    params: Params, name: str
-) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+def _seeded_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     from pipelines.cells import load_cell_metrics
 
     tab = params.tables[name]
@@ -89,7 +87,9 @@ def _seeded_rows(
                 row: dict[str, Any] = {"dataset": ds, "variant": variant, "task": task.upper()}
                 pub = tab.published.get(variant, {}).get(pub_ds, {}).get(task, {})
                 for m in metrics:
-                    vals = [c[task][m] for c in cells.values() if c.get(task, {}).get(m) is not None]
+                    vals = [
+                        c[task][m] for c in cells.values() if c.get(task, {}).get(m) is not None
+                    ]
                     row[m], row[f"{m} std"] = mean_std(vals)
                     row[f"{m} (paper)"] = pub.get(m)
                 row["seeds"] = len(cells)
