@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from pipelines.cell_plots import log_cell_figures
-from pipelines.config import Params, method_class
+from pipelines.config import Params, method_class, split_seed
 from pipelines.data.images import open_images
 from pipelines.data.prepared import PreparedDataset
 from pipelines.evaluate import evaluate_scores
@@ -53,6 +53,16 @@ def build_dataset(params: Params, dataset: str, *, progress: bool = True) -> Pat
         from pipelines.data import toyworld
 
         toyworld.generate(toyworld.ToyworldOptions(**cfg.options), out, progress=progress)
+        return out
+    if cfg.source == "iconworld":
+        from pipelines.data import iconworld
+
+        try:
+            iconworld.generate(
+                iconworld.IconworldOptions(**cfg.options), out, progress=progress, name=dataset
+            )
+        except ValueError as err:
+            raise ValueError(f"datasets.{dataset}.{err}") from None
         return out
     if cfg.release_dir is None:
         raise ValueError(
@@ -267,7 +277,7 @@ def make_context(
         test_labels=ds.splits["test"].labels,
         backbone_name=bb,
         device=resolve_device(params.device),
-        seed=params.seed,
+        seed=params.seed_for(variant),
         workdir=workdir,
         load_backbone=lambda: load_backbone(params, bb),
         load_features=lambda split: load_features(feat_dir / split),
@@ -329,7 +339,9 @@ def run_cell(
     predicts, evaluates, writes the cell folder and logs the MLflow run; the other ranks
     return ``{}`` once training is done."""
     main = is_main_process()
-    var = params.variants[variant]
+    base, _ = split_seed(variant)  # one training seed of a variant: <variant>@s<seed>
+    seed = params.seed_for(variant)
+    var = params.variants[base]
     config = params.method_config(variant)
     method = method_class(var.method)(config)
     out = cell_dir(params, dataset, variant)
@@ -337,20 +349,26 @@ def run_cell(
     work.mkdir(parents=True, exist_ok=True)
     if from_scratch and main:  # `--force`: train again, resume nothing
         clear_checkpoints(work)
-    torch.manual_seed(params.seed)
-    np.random.seed(params.seed)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
     backbone = params.backbone_for(dataset, variant)
     run_params = {
         "dataset": dataset,
         "variant": variant,
         "method": var.method,
         "backbone": backbone,
-        "seed": params.seed,
+        "seed": seed,
         "config": config.model_dump(mode="json"),
         "eval": params.datasets[dataset].eval.model_dump(mode="json"),
     }
-    tags = {"dataset": dataset, "variant": variant, "method": var.method, "backbone": backbone}
     trains = type(method).fit is not Method.fit
+    tags = {
+        "dataset": dataset,
+        "variant": variant,
+        "method": var.method,
+        "backbone": backbone,
+        "seed": str(seed),
+    }
     tracking = (
         mlflow_run(
             params,
@@ -400,6 +418,7 @@ def run_cell(
                 "variant": variant,
                 "method": var.method,
                 "backbone": backbone,
+                "seed": seed,
                 "config": config.model_dump(mode="json"),
                 "seconds_fit": round(t1 - t0, 2),
                 "seconds_predict": round(t2 - t1, 2),
@@ -495,4 +514,8 @@ def run_stage(
         from pipelines.report import build_report
 
         return build_report(params)
+    if stage.kind == "agreement":
+        from pipelines.agreement import render_agreement
+
+        return render_agreement(params, *stage.key)
     raise ValueError(f"unknown stage kind {stage.kind!r}")

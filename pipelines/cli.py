@@ -3,6 +3,7 @@
 ovml demo                   the main job: every demo table on toyworld, printed
 ovml run DATASET VARIANT    one cell (and whatever it needs)
 ovml table NAME             one table (and its cells)
+ovml agreement [NAME]       each method vs its paper's reference row, over seeds
 ovml ui                     Dagster + MLflow UIs on localhost
 ovml list                   datasets, variants, tables and which stages are fresh (or why not)
 ovml verify                 check every stage's outputs on disk against its record
@@ -109,18 +110,24 @@ def _run(
 
 
 def _print_table(params: Params, name: str) -> None:
-    from pipelines.tables import table_rows
+    from pipelines.tables import fmt_cell, table_rows
 
     columns, rows, missing = table_rows(params, name)
     tab = Table(title=params.tables[name].title, title_justify="left")
+    if params.tables[name].seeds is not None:
+        tab.caption = f"mean ± std over seeds {params.tables[name].seeds}"
+    if params.tables[name].published_dataset:
+        tab.caption = (tab.caption or "") + (
+            f"; (dim): the paper's {params.tables[name].published_dataset} numbers, "
+            "a reference, not a target"
+        )
     for col in ("Method", "Task", *columns):
         tab.add_column(col, justify="right" if col in columns else "left")
     for r in rows:
         vals = []
         for m in columns:
-            v = r.get(m)
             p = r.get(f"{m} (paper)")
-            s = "—" if v is None else f"{v:.1f}"
+            s = fmt_cell(r, m)
             vals.append(s + (f" [dim]({p:.1f})[/dim]" if p is not None else ""))
         prefix = (
             r["variant"]
@@ -145,9 +152,68 @@ def demo(
     if not p.demo_tables:
         console.print("[red]error:[/red] params has no demo_tables")
         raise typer.Exit(2)
-    _run(p, [f"table@{t}" for t in p.demo_tables], force=force)
+    targets = [f"table@{t}" for t in p.demo_tables]
+    targets += [f"agreement@{a}" for a in p.demo_agreement]
+    _run(p, targets, force=force)
     for t in p.demo_tables:
         _print_table(p, t)
+    for a in p.demo_agreement:
+        _print_agreement(p, a)
+
+
+def _print_agreement(params: Params, name: str) -> None:
+    from pipelines.agreement import agreement_rows
+
+    rows, summary = agreement_rows(params, name)
+    cfg = params.agreement[name]
+    tab = Table(
+        title=f"{cfg.title} (beyond {cfg.sigmas:g} std over seeds {cfg.seeds})",
+        title_justify="left",
+        caption=f"paper numbers: {cfg.published_dataset}, for the direction only",
+    )
+    for col in ("Pair", "Task", "Metric", "Paper", "Here: method", "reference", "diff", "agrees"):
+        tab.add_column(col)
+
+    def pm(r: dict, k: str) -> str:
+        v = r.get(f"measured_{k}")
+        return "—" if v is None else f"{v:.1f} ± {r[f'measured_{k}_std']:.1f}"
+
+    for r in rows:
+        tab.add_row(
+            r["pair"],
+            r["task"],
+            r["metric"],
+            f"{r['published_method']:.1f} vs {r['published_reference']:.1f}",
+            pm(r, "method"),
+            pm(r, "reference"),
+            pm(r, "diff"),
+            "[green]yes[/green]" if r["agrees"] else "[red]no[/red]",
+        )
+    out.print(tab)
+    for s in summary:
+        out.print(
+            f"[bold]{s['pair']}[/bold] vs {s['reference']} ({s['source']}): "
+            f"{s['agree']}/{s['of']} agree"
+            + ("" if s["complete"] else " [yellow](cells missing)[/yellow]")
+        )
+    out.print(f"[dim]files: {params.path('results') / 'agreement' / name}/agreement.md[/dim]")
+
+
+@app.command()
+def agreement(
+    name: Annotated[str | None, typer.Argument(help="agreement set (default: all)")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Each method against its paper's reference row: sign beyond 2 std over seeds, k/N."""
+    p = _params(params)
+    names = [name] if name else list(p.agreement)
+    unknown = [n for n in names if n not in p.agreement]
+    if unknown or not names:
+        console.print(f"[red]error:[/red] unknown agreement {unknown} (known: {list(p.agreement)})")
+        raise typer.Exit(2)
+    _run(p, [f"agreement@{n}" for n in names])
+    for n in names:
+        _print_agreement(p, n)
 
 
 @app.command()
@@ -163,8 +229,11 @@ def run(
     ] = False,
 ) -> None:
     """Compute one cell (DATASET, VARIANT) and whatever it needs; print its metrics."""
+    from pipelines.config import split_seed
+
     p = _params(params)
-    for what, name, known in (("dataset", dataset, p.datasets), ("variant", variant, p.variants)):
+    base = split_seed(variant)[0]  # `qks@s1`: seed 1 of variant qks
+    for what, name, known in (("dataset", dataset, p.datasets), ("variant", base, p.variants)):
         if name not in known:
             console.print(f"[red]error:[/red] unknown {what} {name!r} (known: {', '.join(known)})")
             raise typer.Exit(2)
@@ -193,16 +262,16 @@ def run(
 def _run_extra_cell(
     p: Params, dataset: str, variant: str, force: bool, force_upstream: bool = False
 ) -> None:
-    from pipelines.config import TableConfig
+    from pipelines.config import TableConfig, split_seed
 
-    extra = p.model_copy(
-        update={
-            "tables": {
-                **p.tables,
-                "_adhoc": TableConfig(title="ad hoc", datasets=[dataset], rows=[variant]),
-            }
-        }
+    base, seed = split_seed(variant)
+    adhoc = TableConfig(
+        title="ad hoc",
+        datasets=[dataset],
+        rows=[base],
+        seeds=None if seed is None else [seed],
     )
+    extra = p.model_copy(update={"tables": {**p.tables, "_adhoc": adhoc}})
     name = f"cell@{dataset}@{variant}"
     _run(extra, [name], force=force_upstream, force_only=(name,) if force else ())
 

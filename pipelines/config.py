@@ -68,6 +68,9 @@ class DownloadParams(StrictModel):
     allow_private_hosts: bool = False  # SSRF guard off (a mirror on the local network)
 
 
+GENERATED_SOURCES = ("toyworld", "iconworld")  # procedural worlds with captions
+
+
 class DatasetConfig(StrictModel):
     """One dataset: where it comes from, which backbone its cells use by default, eval.
 
@@ -75,7 +78,7 @@ class DatasetConfig(StrictModel):
     output folder) or, with ``download:``, from the pipeline's own download stage.
     """
 
-    source: Literal["toyworld", "nus-wide", "open-images-v4", "coco-zsl", "voc2007"]
+    source: Literal["toyworld", "iconworld", "nus-wide", "open-images-v4", "coco-zsl", "voc2007"]
     backbone: str
     options: dict[str, Any] = {}
     release_dir: str | None = None  # real datasets: the official release, as shipped
@@ -87,8 +90,10 @@ class DatasetConfig(StrictModel):
     def _one_image_source(self) -> DatasetConfig:
         if self.images and self.download:
             raise ValueError("set either `images:` (already on disk) or `download:`, not both")
-        if self.source == "toyworld" and (self.images or self.download or self.release_dir):
-            raise ValueError("toyworld is generated: release_dir, images and download do not apply")
+        if self.source in GENERATED_SOURCES and (self.images or self.download or self.release_dir):
+            raise ValueError(
+                f"{self.source} is generated: release_dir, images and download do not apply"
+            )
         return self
 
 
@@ -160,6 +165,53 @@ class TableConfig(StrictModel):
     paper: str | None = None  # "qks/table1": the transcribed table (pipelines/published/)
     match: dict[str, str] = {}  # variant -> the published row it stands for (analogues)
     x: dict[str, float] = {}  # variant -> its position on an ablation figure's x axis
+    seeds: list[Annotated[int, Field(ge=0)]] | None = None
+    """Training seeds: each row becomes one cell per seed (``<variant>@s<seed>``) and the
+    table prints mean ± std over them. Without it, a row is the single cell ``<variant>``
+    trained with the top-level ``seed``."""
+    published_dataset: str | None = None
+    """Where the published numbers come from when not from the table's own dataset (the
+    embedded worlds print the papers' NUS-WIDE numbers beside theirs, as a reference)."""
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (not v or len(set(v)) != len(v)):
+            raise ValueError("seeds must be a non-empty list of distinct integers")
+        return v
+
+
+class PublishedPair(StrictModel):
+    """A paper's numbers for a method and its reference row: [task][metric] -> value."""
+
+    method: dict[Literal["zsl", "gzsl"], dict[str, float]]
+    reference: dict[Literal["zsl", "gzsl"], dict[str, float]]
+
+
+class AgreementPair(StrictModel):
+    method: str  # variant
+    reference: str  # variant of the paper's own reference row
+    source: str = ""  # paper and table
+    published: PublishedPair
+
+
+class AgreementConfig(StrictModel):
+    """``ovml agreement``: each pair's sign of (method − reference) against its paper's,
+    counted beyond ``sigmas`` std over ``seeds`` (pipelines/agreement.py)."""
+
+    title: str
+    dataset: str
+    seeds: list[Annotated[int, Field(ge=0)]]
+    sigmas: Annotated[float, Field(gt=0)] = 2.0
+    baseline: str = "clip_zeroshot"  # every method against it too, for information
+    published_dataset: str = "nus-wide"
+    pairs: dict[str, AgreementPair]
+
+    def variants(self) -> list[str]:
+        names = [self.baseline]
+        for p in self.pairs.values():
+            names += [p.method, p.reference]
+        return list(dict.fromkeys(names))
 
 
 class TrackingConfig(StrictModel):
@@ -185,6 +237,8 @@ class Params(StrictModel):
     variants: dict[str, VariantConfig]
     tables: dict[str, TableConfig]
     demo_tables: list[str] = []
+    agreement: dict[str, AgreementConfig] = {}
+    demo_agreement: list[str] = []
 
     # where relative paths resolve (the params file's folder) and the keys as written
     root: Path = Field(default=REPO_ROOT, exclude=True)
@@ -206,6 +260,8 @@ class Params(StrictModel):
                 )
         known_methods = available_methods()
         for name, var in self.variants.items():
+            if "@" in name:
+                raise ValueError(f"variants.{name}: '@' is reserved for seeds (<variant>@s<seed>)")
             if var.method not in known_methods:
                 raise ValueError(
                     f"variants.{name}.method: unknown method {var.method!r} "
@@ -230,6 +286,15 @@ class Params(StrictModel):
         for name in self.demo_tables:
             if name not in self.tables:
                 raise ValueError(f"demo_tables: unknown table {name!r}")
+        for name, agr in self.agreement.items():
+            if agr.dataset not in self.datasets:
+                raise ValueError(f"agreement.{name}.dataset: unknown dataset {agr.dataset!r}")
+            for v in agr.variants():
+                if v not in self.variants:
+                    raise ValueError(f"agreement.{name}: unknown variant {v!r}")
+        for name in self.demo_agreement:
+            if name not in self.agreement:
+                raise ValueError(f"demo_agreement: unknown agreement {name!r}")
         return self
 
     def _check_cell_backbone(self, dataset: str, variant: str) -> None:
@@ -257,19 +322,25 @@ class Params(StrictModel):
 
     @property
     def cells(self) -> list[tuple[str, str]]:
-        """Every (dataset, variant) named by a table, in table order, without repeats."""
+        """Every (dataset, cell variant) named by a table, in table order, without repeats.
+        A table with ``seeds`` names one cell per seed: ``<variant>@s<seed>``."""
         seen: dict[tuple[str, str], None] = {}
         for name in self.tables:
             for cell in self.table_cells(name):
                 seen[cell] = None
+        for agr in self.agreement.values():
+            for row in agr.variants():
+                for s in agr.seeds:
+                    seen[(agr.dataset, seeded(row, s))] = None
         return list(seen)
 
     def table_cells(self, name: str) -> list[tuple[str, str]]:
         """A table's cells: its rows on its datasets, plus every variant a row of its
         published table names (``paper:``) that this file declares, on the datasets both
-        list. A method's variant attaches to its published row just by being declared."""
+        list. A method's variant attaches to its published row just by being declared.
+        A table with ``seeds`` names one cell per seed: ``<variant>@s<seed>``."""
         tab = self.tables[name]
-        seen: dict[tuple[str, str], None] = {
+        rows: dict[tuple[str, str], None] = {
             (ds, row): None for ds in tab.datasets for row in tab.rows
         }
         if tab.paper is not None:
@@ -277,14 +348,24 @@ class Params(StrictModel):
 
             for ds, variant in published_table(tab.paper).variants():
                 if ds in tab.datasets and variant in self.variants:
-                    seen[(ds, variant)] = None
+                    rows[(ds, variant)] = None
+        seen: dict[tuple[str, str], None] = {}
+        for ds, row in rows:
+            for cell in row_cells(tab, row):
+                seen[(ds, cell)] = None
         return list(seen)
 
     def backbone_for(self, dataset: str, variant: str) -> str:
-        return self.variants[variant].backbone or self.datasets[dataset].backbone
+        base, _ = split_seed(variant)
+        return self.variants[base].backbone or self.datasets[dataset].backbone
+
+    def seed_for(self, variant: str) -> int:
+        """The training seed of a cell: its ``@s<seed>`` suffix, else the top-level seed."""
+        _, seed = split_seed(variant)
+        return self.seed if seed is None else seed
 
     def method_config(self, variant: str) -> BaseModel:
-        var = self.variants[variant]
+        var = self.variants[split_seed(variant)[0]]
         return method_config_class(var.method).model_validate(var.options)
 
     def check_variant(self, name: str, error: type[Exception] = ConfigError) -> None:
@@ -357,6 +438,28 @@ def _check_paper_ref(name: str, tab: TableConfig) -> None:
                 f"tables.{name}.match.{variant}: {tab.paper} has no row {row!r} "
                 f"(rows: {', '.join(sorted(labels))})"
             )
+
+
+# -------------------------------------------------------------------------------- seeds
+SEED_SEP = "@s"
+
+
+def seeded(variant: str, seed: int) -> str:
+    """The cell name of one training seed of a variant: ``qks@s1``."""
+    return f"{variant}{SEED_SEP}{seed}"
+
+
+def split_seed(cell: str) -> tuple[str, int | None]:
+    """``qks@s1`` -> ("qks", 1); ``qks`` -> ("qks", None)."""
+    base, sep, tail = cell.rpartition(SEED_SEP)
+    if sep and tail.isdigit():
+        return base, int(tail)
+    return cell, None
+
+
+def row_cells(tab: TableConfig, row: str) -> list[str]:
+    """The cells behind one row of a table: one per seed, or the variant's single cell."""
+    return [row] if tab.seeds is None else [seeded(row, s) for s in tab.seeds]
 
 
 # ------------------------------------------------------------------------------ methods

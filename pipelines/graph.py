@@ -8,6 +8,7 @@ Stage kinds (and their output folders):
     features  <features>/<dataset>/<backbone>/       frozen-backbone feature cache
     cell      <results>/cells/<dataset>/<variant>/   metrics.json, scores.npz, model weights
     table     <results>/tables/<table>/              table.md/.csv/.json and a plot
+    agreement <results>/agreement/<name>/            method vs its paper's reference row
 
 ``dvc.yaml`` is generated from this graph (``ovml dvc-yaml``; a test checks it is in
 step), Dagster assets are built from it, and :func:`run_stages` runs it in-process,
@@ -27,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import REPO_ROOT, Params, method_code_deps
+from pipelines.config import REPO_ROOT, Params, method_code_deps, seeded, split_seed
 from pipelines.io import is_main_process, read_json, write_json
 
 STAMP = ".ovml-stage.json"
@@ -70,7 +71,13 @@ def _dataset_code(source: str) -> tuple[str, ...]:
     from pipelines.data import REAL_DATASETS
 
     module = REAL_DATASETS.get(source, source)
-    return (f"pipelines/data/{module}.py", "pipelines/data/prepared.py")
+    extra: tuple[str, ...] = ()
+    if source == "iconworld":
+        extra = (
+            "pipelines/data/iconworld_vocab.py",
+            "pipelines/data/reference_lists/iconworld/wordnet.json",
+        )
+    return (f"pipelines/data/{module}.py", "pipelines/data/prepared.py", *extra)
 
 
 def build_graph(params: Params) -> dict[str, Stage]:
@@ -162,14 +169,15 @@ def build_graph(params: Params) -> dict[str, Stage]:
         ups = [dataset_stage(ds), features_stage(ds, bb)]
         if (b := backbone_stage(bb)) is not None:
             ups.append(b)
-        method = params.variants[var].method
+        base, seed = split_seed(var)  # a seeded cell (qks@s1) reads its own seed, not `seed`
+        method = params.variants[base].method
         add(
             Stage(
                 "cell",
                 (ds, var),
                 tuple(ups),
                 _rel(params, "results", "cells", ds, var),
-                ("seed", f"variants.{var}", f"datasets.{ds}.eval"),
+                (*(("seed",) if seed is None else ()), f"variants.{base}", f"datasets.{ds}.eval"),
                 (
                     *LIBRARY_CODE,
                     "pipelines/cells.py",
@@ -209,6 +217,18 @@ def build_graph(params: Params) -> dict[str, Stage]:
                     "pipelines/metrics.py",
                     *(f"pipelines/published/{p}.yaml" for p in _papers()),
                 ),
+            )
+        )
+    for name, agr in params.agreement.items():
+        ups = tuple(f"cell@{agr.dataset}@{seeded(v, s)}" for v in agr.variants() for s in agr.seeds)
+        add(
+            Stage(
+                "agreement",
+                (name,),
+                ups,
+                _rel(params, "results", "agreement", name),
+                (f"agreement.{name}",),
+                (*LIBRARY_CODE, "pipelines/agreement.py"),
             )
         )
     return _toposort(stages)

@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import Params
+import numpy as np
+
+from pipelines.config import Params, row_cells
 from pipelines.io import atomic_path, write_json, write_text
 
 
@@ -29,8 +31,18 @@ def load_cell_metrics(params: Params, dataset: str, variant: str) -> dict[str, A
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value)."""
+    if not values:
+        return None, None
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
 def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     tab = params.tables[name]
+    if tab.seeds is not None:
+        return _seeded_rows(params, name)
     published = dict(tab.published)
     if tab.paper is not None:  # the transcribed paper table (pipelines/published/)
         from pipelines.published import published_by_variant
@@ -61,6 +73,54 @@ def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any
     return columns, rows, missing
 
 
+def _seeded_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
+    tab = params.tables[name]
+    published = dict(tab.published)
+    if tab.paper is not None:  # the transcribed paper table (pipelines/published/)
+        from pipelines.published import published_by_variant
+
+        published = {**published_by_variant(tab.paper), **published}
+    rows: list[dict[str, Any]] = []
+    missing: list[str] = []
+    columns: list[str] = []
+    for ds in tab.datasets:
+        metrics = tab.metrics or default_metrics(params, ds)
+        columns += [m for m in metrics if m not in columns]
+        pub_ds = tab.published_dataset or ds
+        for variant in tab.rows:
+            cells = {}
+            for cell in row_cells(tab, variant):
+                got = load_cell_metrics(params, ds, cell)
+                if got is None:
+                    missing.append(f"{ds}/{cell}")
+                else:
+                    cells[cell] = got
+            for task in tab.tasks:
+                row: dict[str, Any] = {"dataset": ds, "variant": variant, "task": task.upper()}
+                pub = published.get(variant, {}).get(pub_ds, {}).get(task, {})
+                for m in metrics:
+                    vals = [
+                        c[task][m] for c in cells.values() if c.get(task, {}).get(m) is not None
+                    ]
+                    row[m], row[f"{m} std"] = mean_std(vals)
+                    row[f"{m} (paper)"] = pub.get(m)
+                row["seeds"] = len(cells)
+                if cells:
+                    first = next(iter(cells.values()))
+                    row["images"] = first["meta"]["counts"].get(task, {}).get("images")
+                rows.append(row)
+    return columns, rows, missing
+
+
+def fmt_cell(row: dict[str, Any], metric: str) -> str:
+    """``mean ± std`` for a seeded row, the value otherwise (published number not included)."""
+    v = row.get(metric)
+    if v is None:
+        return "—"
+    std = row.get(f"{metric} std")
+    return f"{v:.1f} ± {std:.1f}" if std is not None else f"{v:.1f}"
+
+
 def _fmt(v: Any) -> str:
     return "—" if v is None else f"{v:.1f}"
 
@@ -75,12 +135,15 @@ def to_markdown(
     if tab.source:
         lines += [f"Reproduces: {tab.source}", ""]
     if has_pub:
-        lines += ["Cells read `reproduced (paper)`.", ""]
+        where = f" on {tab.published_dataset}, a reference" if tab.published_dataset else ""
+        lines += [f"Cells read `reproduced (paper{where})`.", ""]
+    if tab.seeds is not None:
+        lines += [f"Mean ± std over seeds {tab.seeds} (one cell per seed).", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         vals = []
         for m in columns:
-            cell = _fmt(r.get(m))
+            cell = fmt_cell(r, m)
             if r.get(f"{m} (paper)") is not None:
                 cell += f" ({_fmt(r[f'{m} (paper)'])})"
             vals.append(cell)

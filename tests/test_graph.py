@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import yaml
 
-from pipelines.config import load_params
+from pipelines.config import load_params, split_seed
 from pipelines.graph import build_graph, dvc_yaml, fingerprint, upstream
 from tests.conftest import REPO, write_params
 
@@ -29,7 +29,7 @@ def test_dvc_stages_match_the_grid():
     assert tables == set(params.tables)
     for ds, var in params.cells:
         st = stages[graph[f"cell@{ds}@{var}"].dvc_name]
-        assert f"variants.{var}" in st["params"]
+        assert f"variants.{split_seed(var)[0]}" in st["params"]  # qks@s1 reads variants.qks
         assert st["outs"] == [f"results/cells/{ds}/{var}"]
         assert st["cmd"] == f"ovml stage cell {ds} {var}"
 
