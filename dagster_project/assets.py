@@ -1,8 +1,8 @@
 """Assets built from the pipeline graph (pipelines/graph.py); each one calls
 pipelines.cells.run_stage, the same function the CLI and dvc.yaml call.
 
-Asset keys: dataset/<ds>, backbone/<bb>, features/<ds>/<bb>, cells/<ds> (partitioned by
-variant), table/<name>. Each asset's code_version is its stage fingerprint, so the UI
+Asset keys: dataset/<ds>, backbone/<bb>, features/<ds>/<bb>, corpus/<ds>/<name>,
+cells/<ds> (partitioned by variant), table/<name>. Each asset's code_version is its stage fingerprint, so the UI
 marks assets whose params or code changed; a materialisation of a fresh stage reuses
 the files on disk unless run config says ``force: true``.
 """
@@ -57,6 +57,10 @@ def _metadata(params: Params, stage: Stage, reused: bool) -> dict[str, Any]:
             idx = json.loads((split_dir / "index.json").read_text())
             meta[f"n_{split_dir.name}"] = idx["n"]
             meta["dim"], meta["n_patches"] = idx["dim"], idx["n_patches"]
+    elif stage.kind == "corpus" and (out / "meta.json").exists():
+        from pipelines.text import dagster_metadata
+
+        meta.update(dagster_metadata(out, dg.MetadataValue.md))
     elif stage.kind == "cell" and (out / "metrics.json").exists():
         m = json.loads((out / "metrics.json").read_text())
         for task in ("zsl", "gzsl"):

@@ -254,7 +254,17 @@ def make_context(
         ),
         log_metrics=log_metrics or (lambda metrics, step: None),
         progress=progress,
+        load_corpus=lambda kind: _load_cell_corpus(params, dataset, variant, kind),
     )
+
+
+def _load_cell_corpus(params: Params, dataset: str, variant: str, kind: str):
+    from pipelines.text.corpora import cell_corpora, load_corpus
+
+    names = cell_corpora(params, variant)
+    if kind not in names:
+        raise KeyError(f"{variant} declares no {kind!r} corpus (it reads {sorted(names)})")
+    return load_corpus(params, dataset, names[kind])
 
 
 def _restrict_to_featurised(ds: PreparedDataset, feat_dir: Path) -> PreparedDataset:
@@ -405,6 +415,10 @@ def run_stage(params: Params, stage: Stage, *, progress: bool = True) -> Any:
         return pretrain_backbone(params, *stage.key, progress=progress)
     if stage.kind == "features":
         return build_features(params, *stage.key, progress=progress)
+    if stage.kind == "corpus":
+        from pipelines.text.corpora import build_corpus
+
+        return build_corpus(params, *stage.key, progress=progress)
     if stage.kind == "cell":
         return run_cell(params, *stage.key, progress=progress)
     if stage.kind == "table":

@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.text.config import CorpusConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -173,6 +175,7 @@ class Params(StrictModel):
     variants: dict[str, VariantConfig]
     tables: dict[str, TableConfig]
     demo_tables: list[str] = []
+    corpora: dict[str, CorpusConfig] = {}  # LLM text corpora (pipelines/text/config.py)
 
     # where relative paths resolve (the params file's folder) and the keys as written
     root: Path = Field(default=REPO_ROOT, exclude=True)
