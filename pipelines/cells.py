@@ -380,7 +380,9 @@ def run_cell(
                 save_file(state, str(tmp / "model.safetensors"))
             write_json(tmp / "metrics.json", metrics)
         flat = {
-            f"{task}_{k}": v for task in ("zsl", "gzsl") for k, v in metrics.get(task, {}).items()
+            f"{task}_{k}": v
+            for task in ("zsl", "gzsl", "all")
+            for k, v in metrics.get(task, {}).items()
         }
         tracker.log_metrics({k.replace("@", "_at_"): v for k, v in flat.items()})
         tracker.log_artifact(out / "metrics.json")

@@ -49,6 +49,10 @@ class EvalConfig(StrictModel):
     extra_map_variants: list[Literal["per_class", "biam_pooled"]] = []
     zero_positive: Literal["zero", "nan", "skip"] = "zero"
     keep_images: Literal["all", "with_positive"] = "all"
+    # the "all" task (all labels, no image training: CoMC Tables 1-2): which columns form
+    # the dataset's full label set: every column (COCO 80, VOC 20, toyworld) or the unseen
+    # ones (NUS-WIDE's 81 human-verified concepts, the unseen block of its 925/81 split)
+    all_labels: Literal["all", "unseen"] = "all"
 
 
 class DownloadParams(StrictModel):
@@ -145,7 +149,7 @@ class TableConfig(StrictModel):
     title: str
     datasets: list[str]
     rows: list[str]  # variant names
-    tasks: list[Literal["zsl", "gzsl"]] = ["zsl", "gzsl"]
+    tasks: list[Literal["zsl", "gzsl", "all"]] = ["zsl", "gzsl"]  # all: see EvalConfig.all_labels
     metrics: list[str] | None = None  # default: mAP + P/R/F1 at the dataset's K
     published: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     """published[variant][dataset][task][metric] = number printed in the paper."""

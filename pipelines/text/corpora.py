@@ -574,8 +574,10 @@ def cell_corpora(params, variant: str) -> dict[str, str]:
     from pipelines.config import ConfigError, method_class
 
     var = params.variants[variant]
-    method = method_class(var.method)(params.method_config(variant))
-    wanted = method.corpora()
+    cls = method_class(var.method)
+    if not getattr(cls, "CORPORA", ()):
+        return {}
+    wanted = cls(params.method_config(variant)).corpora()
     for kind, name in wanted.items():
         if name not in params.corpora:
             raise ConfigError(
