@@ -198,8 +198,8 @@ def ontology() -> dict:
 
 # --------------------------------------------------------------------------- knowledge
 SHAPE_ATTRIBUTES: dict[str, tuple[str, ...]] = {  # what the shape looks like, for text sources
-    "circle": ("a round outline", "a smooth curved edge", "no corners"),
-    "ring": ("a round outline", "a hole in the middle", "a thick circular band"),
+    "circle": ("round", "a smooth curved outline", "no corners"),
+    "ring": ("round", "a hole in the middle", "a thick circular band"),
     "square": ("four equal sides", "four right-angled corners", "flat edges"),
     "triangle": ("three sides", "three pointed corners", "a flat base"),
     "star": ("five pointed arms", "sharp tips", "a narrow waist between the arms"),

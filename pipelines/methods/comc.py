@@ -66,10 +66,17 @@ def photo_prompt(name: str) -> str:
 def ranking_loss(scores: torch.Tensor, targets: torch.Tensor, margin: float) -> torch.Tensor:
     """Eq. 3: Σ_{j∈c+} Σ_{k∈c-} max(0, m - (p_j - p_k)), averaged over the batch.
     ``targets``: +1 positive, -1 negative, 0 unknown (ignored)."""
-    pos = (targets > 0).float()
-    neg = (targets < 0).float()
-    diff = margin - (scores.unsqueeze(2) - scores.unsqueeze(1))  # [B, j, k]
-    pair = pos.unsqueeze(2) * neg.unsqueeze(1)
+    pos = targets > 0
+    n_pos = int(pos.sum(dim=1).max()) if len(targets) else 0
+    if n_pos == 0:
+        return scores.sum() * 0.0
+    # the positives of each row, padded to the row with most (few: 1-5 labels a sentence),
+    # so the pair tensor is [B, P, C] rather than [B, C, C]
+    idx = torch.argsort(pos.to(torch.int8), dim=1, descending=True, stable=True)[:, :n_pos]
+    valid = pos.gather(1, idx).float()  # [B, P]
+    s_pos = scores.gather(1, idx)  # [B, P]
+    diff = margin - (s_pos.unsqueeze(2) - scores.unsqueeze(1))  # [B, P, C]
+    pair = valid.unsqueeze(2) * (targets < 0).float().unsqueeze(1)
     return (F.relu(diff) * pair).sum(dim=(1, 2)).mean()
 
 

@@ -107,8 +107,9 @@ def description_sentence(label: str, kind: str, item: str) -> str:
         return f"{a_an(item)} {item}, which is {a_an(label)} {label}."
     if kind == "superclass":
         return f"{a_an(label)} {label}, which is {a_an(item)} {item}."
-    if kind == "attribute":
-        return f"{a_an(label)} {label}, which has {item}."
+    if kind == "attribute":  # "which is round" / "which has four legs"
+        verb = "is" if len(item.split()) == 1 else "has"
+        return f"{a_an(label)} {label}, which {verb} {item}."
     if kind == "scene":
         return f"{a_an(label)} {label}, which appears together with the {item}."
     raise ValueError(kind)
