@@ -315,3 +315,25 @@ def test_wordnet_knowledge_for_real_label_names_or_a_clear_message(monkeypatch, 
     monkeypatch.setenv("OVML_WORDNET_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(WordNetUnavailable, match="apt-get install wordnet-base"):
         from_wordnet(["dog"])
+
+
+def test_toyworld_writes_the_dataset_knowledge_contract(workspace):
+    """Contract 2: knowledge.json (every label, the fixed keys, parents in the label space)
+    and cooccurrence.npz (labels in label-space order, symmetric int32 counts)."""
+    from pipelines.io import load_npz, read_json
+
+    root = workspace / "data" / "toyworld"
+    names = tw.label_space().names()
+    know = read_json(root / "knowledge.json")
+    assert list(know["labels"]) == names and know["source"]
+    keys = {"parents", "group", "subgroup", "keywords", "synset", "gloss", "hypernyms"}
+    for name, entry in know["labels"].items():
+        assert set(entry) == keys | {"attributes", "scenes"}, name
+        assert set(entry["parents"]) <= set(names), name
+    assert know["labels"]["red fish"]["parents"] == ["fish", "red"]
+    co = load_npz(root / "cooccurrence.npz")
+    assert co["labels"].tolist() == names and co["counts"].dtype == np.int32
+    c = co["counts"]
+    assert (c == c.T).all() and (np.diag(c) >= c.max(axis=1)).all()
+    fish, water, snow = (names.index(n) for n in ("fish", "water", "snow"))
+    assert c[fish, water] > 3 * c[fish, snow]  # fish prefer water (the generator's prior)
