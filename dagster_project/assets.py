@@ -1,8 +1,8 @@
 """Assets built from the pipeline graph (pipelines/graph.py); each one runs the same
 stage the CLI and dvc.yaml run and describes it with the same stage record.
 
-Asset keys: dataset/<ds>, backbone/<bb>, features/<ds>/<bb>, cells/<ds> (partitioned by
-variant), table/<name>. Each asset's code_version is its stage fingerprint, so the UI
+Asset keys: dataset/<ds>, backbone/<bb>, features/<ds>/<bb>, corpus/<ds>/<name>,
+cells/<ds> (partitioned by variant), table/<name>. Each asset's code_version is its stage fingerprint, so the UI
 marks assets whose params or code changed; a materialisation of a fresh stage reuses
 the files on disk unless run config says ``force: true``.
 

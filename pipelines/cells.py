@@ -286,7 +286,17 @@ def make_context(
         ),
         log_metrics=log_metrics or (lambda metrics, step: None),
         progress=progress,
+        load_corpus=lambda kind: _load_cell_corpus(params, dataset, variant, kind),
     )
+
+
+def _load_cell_corpus(params: Params, dataset: str, variant: str, kind: str):
+    from pipelines.text.corpora import cell_corpora, load_corpus
+
+    names = cell_corpora(params, variant)
+    if kind not in names:
+        raise KeyError(f"{variant} declares no {kind!r} corpus (it reads {sorted(names)})")
+    return load_corpus(params, dataset, names[kind])
 
 
 def _restrict_to_featurised(ds: PreparedDataset, feat_dir: Path) -> PreparedDataset:
@@ -443,7 +453,9 @@ def run_cell(
                 save_file(state, str(tmp / "model.safetensors"))
             write_json(tmp / "metrics.json", metrics)
         flat = {
-            f"{task}_{k}": v for task in ("zsl", "gzsl") for k, v in metrics.get(task, {}).items()
+            f"{task}_{k}": v
+            for task in ("zsl", "gzsl", "all")
+            for k, v in metrics.get(task, {}).items()
         }
         tracker.log_metrics({k.replace("@", "_at_"): v for k, v in flat.items()})
         tracker.log_artifact(out / "metrics.json")
@@ -504,6 +516,10 @@ def run_stage(
         return pretrain_backbone(params, *stage.key, progress=progress)
     if stage.kind == "features":
         return build_features(params, *stage.key, progress=progress)
+    if stage.kind == "corpus":
+        from pipelines.text.corpora import build_corpus
+
+        return build_corpus(params, *stage.key, progress=progress)
     if stage.kind == "cell":
         return run_cell(params, *stage.key, progress=progress, from_scratch=from_scratch)
     if stage.kind == "table":

@@ -24,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from pipelines.text.config import CorpusConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -55,6 +57,10 @@ class EvalConfig(StrictModel):
     extra_map_variants: list[Literal["per_class", "biam_pooled"]] = []
     zero_positive: Literal["zero", "nan", "skip"] = "zero"
     keep_images: Literal["all", "with_positive"] = "all"
+    # the "all" task (all labels, no image training: CoMC Tables 1-2): which columns form
+    # the dataset's full label set: every column (COCO 80, VOC 20, toyworld) or the unseen
+    # ones (NUS-WIDE's 81 human-verified concepts, the unseen block of its 925/81 split)
+    all_labels: Literal["all", "unseen"] = "all"
 
 
 class DownloadParams(StrictModel):
@@ -157,7 +163,7 @@ class TableConfig(StrictModel):
     title: str
     datasets: list[str]
     rows: list[str]  # variant names
-    tasks: list[Literal["zsl", "gzsl"]] = ["zsl", "gzsl"]
+    tasks: list[Literal["zsl", "gzsl", "all"]] = ["zsl", "gzsl"]  # all: see EvalConfig.all_labels
     metrics: list[str] | None = None  # default: mAP + P/R/F1 at the dataset's K
     published: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     """published[variant][dataset][task][metric] = number printed in the paper."""
@@ -239,6 +245,7 @@ class Params(StrictModel):
     demo_tables: list[str] = []
     agreement: dict[str, AgreementConfig] = {}
     demo_agreement: list[str] = []
+    corpora: dict[str, CorpusConfig] = {}  # LLM text corpora (pipelines/text/config.py)
 
     # where relative paths resolve (the params file's folder) and the keys as written
     root: Path = Field(default=REPO_ROOT, exclude=True)
@@ -516,6 +523,69 @@ def method_code_deps(name: str) -> tuple[str, ...]:
                 ) from None
             return tuple(str(v) for v in value)
     return ()
+
+
+def _module_ast(name: str):
+    import ast
+
+    if name not in available_methods():
+        raise ConfigError(f"unknown method {name!r} (known: {available_methods()})")
+    path = REPO_ROOT / "pipelines" / "methods" / f"{name}.py"
+    return path, ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def method_corpora(name: str) -> dict[str, str]:
+    """``{corpus kind: default corpus name}`` a method reads, without importing it (torch).
+
+    Read with ``ast``: the method class's ``CORPORA`` (a literal tuple of kinds, or of
+    module-level string constants) and its ``Config``'s ``corpus`` field default (else the
+    kind itself). The graph makes a cell depend on these corpora; a variant's ``corpus:``
+    option names another corpus of that kind (single-kind methods). A method may read fewer
+    at run time (``Method.corpora()``), never more."""
+    import ast
+
+    path, tree = _module_ast(name)
+    consts: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant):
+                consts[target.id] = node.value.value
+
+    def value(expr: ast.expr) -> object:
+        if isinstance(expr, ast.Name) and expr.id in consts:
+            return consts[expr.id]
+        try:
+            return ast.literal_eval(expr)
+        except ValueError:
+            raise ConfigError(
+                f"{path}:{expr.lineno}: CORPORA and Config.corpus must be literals "
+                "or module-level string constants"
+            ) from None
+
+    kinds: tuple[str, ...] = ()
+    default: str | None = None
+    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+        for node in cls.body:
+            if (
+                isinstance(node, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == "CORPORA" for t in node.targets)
+                and isinstance(node.value, ast.Tuple | ast.List)
+            ):
+                kinds = tuple(str(value(e)) for e in node.value.elts)
+            if (
+                cls.name == "Config"
+                and isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and node.target.id == "corpus"
+                and node.value is not None
+            ):
+                default = str(value(node.value))
+    if not kinds:
+        return {}
+    if len(kinds) == 1 and default is not None:
+        return {kinds[0]: default}
+    return {k: k for k in kinds}
 
 
 # ------------------------------------------------------------------------------ loading

@@ -6,6 +6,7 @@ Stage kinds (and their output folders):
     images    <data>/<dataset>-images/chunk-NNNN/    downloaded shards + ledger (real datasets)
     backbone  <models>/<backbone>/                   only for backbones the pipeline pre-trains
     features  <features>/<dataset>/<backbone>/       frozen-backbone feature cache
+    corpus    <data>/corpora/<dataset>/<name>/       LLM text corpus (pipelines/text), if a cell reads it
     cell      <results>/cells/<dataset>/<variant>/   metrics.json, scores.npz, model weights
     table     <results>/tables/<table>/              table.md/.csv/.json and a plot
     agreement <results>/agreement/<name>/            method vs its paper's reference row
@@ -160,6 +161,23 @@ def build_graph(params: Params) -> dict[str, Stage]:
             )
         )
 
+    def corpus_stage(ds: str, name: str) -> str:
+        return add(
+            Stage(
+                "corpus",
+                (ds, name),
+                (dataset_stage(ds),),
+                _rel(params, "data", "corpora", ds, name),
+                (f"corpora.{name}",),
+                TEXT_CODE,
+            )
+        )
+
+    for name, corpus in params.corpora.items():  # corpora asked for by name
+        for ds in corpus.datasets:
+            if ds not in params.datasets:
+                raise ValueError(f"corpora.{name}.datasets: unknown dataset {ds!r}")
+            corpus_stage(ds, name)
     for ds, cfg in params.datasets.items():  # every configured release gets its stages
         if cfg.release_dir is not None:
             dataset_stage(ds)
@@ -171,6 +189,7 @@ def build_graph(params: Params) -> dict[str, Stage]:
             ups.append(b)
         base, seed = split_seed(var)  # a seeded cell (qks@s1) reads its own seed, not `seed`
         method = params.variants[base].method
+        ups += [corpus_stage(ds, name) for name in _cell_corpora(params, base).values()]
         add(
             Stage(
                 "cell",
@@ -238,6 +257,23 @@ def _papers() -> tuple[str, ...]:
     from pipelines.published import PAPERS
 
     return PAPERS
+
+
+TEXT_CODE = (
+    "pipelines/text/config.py",
+    "pipelines/text/corpora.py",
+    "pipelines/text/prompts.py",
+    "pipelines/text/offline.py",
+    "pipelines/text/knowledge.py",
+    "pipelines/text/providers.py",
+    "pipelines/text/cache.py",
+)
+
+
+def _cell_corpora(params: Params, variant: str) -> dict[str, str]:
+    from pipelines.text.corpora import cell_corpora
+
+    return cell_corpora(params, variant)
 
 
 def _method_code(method: str) -> tuple[str, ...]:
@@ -530,7 +566,8 @@ def dvc_yaml(params: Params, params_file: str = "params.yaml") -> str:
         entry: dict[str, Any] = {"cmd": st.cmd, "deps": deps}
         keys = [k for k in st.params if params.has_key(k)]
         entry["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
-        entry["outs"] = [st.out]
+        # a corpus keeps its response cache across reruns (DVC would delete it first)
+        entry["outs"] = [{st.out: {"persist": True}}] if st.kind == "corpus" else [st.out]
         if st.kind == "images":
             summary = Path(st.out).with_name(Path(st.out).name + ".summary.json")
             entry["metrics"] = [{str(summary): {"cache": False}}]

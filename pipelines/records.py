@@ -98,6 +98,10 @@ def stage_metadata(root: Path, kind: str, out: str) -> dict[str, Any]:
             idx = _read(split_dir / "index.json")
             meta[f"n_{split_dir.name}"] = idx.get("n")
             meta["dim"], meta["n_patches"] = idx.get("dim"), idx.get("n_patches")
+    elif kind == "corpus" and folder.is_dir():
+        from pipelines.text import dagster_metadata
+
+        meta.update(dagster_metadata(folder, lambda text: {"type": "md", "value": text}))
     elif kind == "cell":
         m = _read(folder / "metrics.json")
         for task in ("zsl", "gzsl"):

@@ -196,6 +196,162 @@ def ontology() -> dict:
     }
 
 
+# --------------------------------------------------------------------------- knowledge
+SHAPE_ATTRIBUTES: dict[str, tuple[str, ...]] = {  # what the shape looks like, for text sources
+    "circle": ("round", "a smooth curved outline", "no corners"),
+    "ring": ("round", "a hole in the middle", "a thick circular band"),
+    "square": ("four equal sides", "four right-angled corners", "flat edges"),
+    "triangle": ("three sides", "three pointed corners", "a flat base"),
+    "star": ("five pointed arms", "sharp tips", "a narrow waist between the arms"),
+    "hexagon": ("six equal sides", "six blunt corners", "a honeycomb outline"),
+    "cross": ("two crossing bars", "four arms of equal length", "a plus-sign outline"),
+    "fish": ("an oval body", "a forked tail fin", "a streamlined outline"),
+    "bird": ("two spread wings", "a small round body", "a V-shaped silhouette"),
+    "snake": ("a long wavy body", "no legs", "a small round head"),
+    "tree": ("a pointed green crown", "a straight trunk", "a tall triangular outline"),
+    "flower": ("five round petals", "a hollow centre", "a symmetric bloom"),
+    "house": ("a pointed roof", "rectangular walls", "a roofline like an upside-down V"),
+}
+SCENE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "sky": ("light blue", "white clouds", "open and bright"),
+    "grass": ("green", "short blades of grass", "a natural ground"),
+    "water": ("deep blue", "small ripples and waves", "a wet surface"),
+    "sand": ("pale yellow", "grainy speckles", "dry ground"),
+    "night": ("dark blue", "scattered stars", "a pale moon"),
+    "snow": ("white", "cold", "small grey speckles"),
+}
+GROUPS = {"shape": tuple(SHAPES), "colour": tuple(COLOURS), "pattern": PATTERNS[1:]}
+
+
+def knowledge(options: ToyworldOptions | None = None) -> dict:
+    """The world's knowledge as the dataset-knowledge contract (``knowledge.json``): for
+    every label its parents in the label space, group, keywords, gloss, hypernyms,
+    visual attributes and the scenes it appears in. Text sources (the offline LLM of
+    pipelines/text) answer from it; nothing here is read by the image side."""
+    space = label_space(options)
+    onto = ontology()
+    names = set(space.names())
+    out: dict[str, dict] = {}
+
+    def entry(name: str, **kw) -> None:
+        base = {
+            "parents": [p for p in onto["parents"].get(name, []) if p in names],
+            "group": None,
+            "subgroup": None,
+            "keywords": list(SYNONYMS.get(name, ())),
+            "synset": None,
+            "gloss": None,
+            "hypernyms": [],
+            "attributes": [],
+            "scenes": [],
+        }
+        base.update(kw)
+        out[name] = base
+
+    def chain(name: str) -> list[str]:
+        ups: list[str] = []
+        while name in SHAPES or name in SUPERCLASS_OF_SUPER:
+            name = SHAPES.get(name) or SUPERCLASS_OF_SUPER[name]
+            ups.append(name)
+        return ups
+
+    for shape, sup in SHAPES.items():
+        entry(
+            shape,
+            group="shape",
+            subgroup=sup,
+            gloss=f"a {sup} drawn as a flat {shape} figure",
+            hypernyms=[*chain(shape), "shape"],
+            attributes=list(SHAPE_ATTRIBUTES[shape]),
+            scenes=list(SCENE_PREFERENCE.get(shape, SCENES)),
+        )
+    for colour, (_, tone) in COLOURS.items():
+        entry(
+            colour,
+            group="colour",
+            subgroup=tone,
+            gloss=f"the colour {colour}" + (f", a {tone} colour" if tone else ""),
+            hypernyms=[*([tone] if tone else []), "colour"],
+            attributes=[f"{colour} paint", f"a {colour} surface"],
+            scenes=list(SCENES),
+        )
+    for pattern in PATTERNS[1:]:
+        entry(
+            pattern,
+            group="pattern",
+            gloss=f"marked with {'stripes' if pattern == 'striped' else 'dots'}",
+            hypernyms=["pattern"],
+            attributes=["parallel bands"] if pattern == "striped" else ["small round spots"],
+            scenes=list(SCENES),
+        )
+    for size in SIZES:
+        entry(
+            size,
+            group="size",
+            gloss=f"{size} in size",
+            hypernyms=["size"],
+            attributes=["fills much of the picture"] if size == "large" else ["a small figure"],
+            scenes=list(SCENES),
+        )
+    for scene in SCENES:
+        entry(
+            scene,
+            group="scene",
+            gloss=f"a background of {scene}",
+            hypernyms=["scene", "background"],
+            attributes=list(SCENE_ATTRIBUTES[scene]),
+            scenes=[scene],
+        )
+    for sup in sorted({*SHAPES.values(), *(t for _, t in COLOURS.values() if t)}):
+        members = [s for s, p in SHAPES.items() if p == sup] + [
+            c for c, (_, t) in COLOURS.items() if t == sup
+        ]
+        is_tone = sup in ("warm", "cool")
+        entry(
+            sup,
+            parents=[],
+            group="colour" if is_tone else "shape",
+            subgroup=None,
+            gloss=f"a {'colour' if is_tone else 'kind of shape'} such as {_join(members)}",
+            hypernyms=[*chain(sup), "colour" if is_tone else "shape"],
+            attributes=[f"like a {m}" for m in members[:3]],
+            scenes=sorted({sc for m in members for sc in SCENE_PREFERENCE.get(m, ())})
+            or list(SCENES),
+        )
+    for colour in COLOURS:
+        for shape in SHAPES:
+            entry(
+                f"{colour} {shape}",
+                group="composition",
+                subgroup=shape,
+                gloss=f"a {shape} coloured {colour}",
+                hypernyms=[shape, *chain(shape)],
+                attributes=[f"{colour} in colour", *SHAPE_ATTRIBUTES[shape][:2]],
+                scenes=list(SCENE_PREFERENCE.get(shape, SCENES)),
+            )
+    missing = names - set(out)
+    if missing:  # pragma: no cover - every vocabulary word has an entry above
+        raise AssertionError(f"toyworld knowledge lacks {sorted(missing)}")
+    return {"labels": {n: out[n] for n in space.names()}, "source": "toyworld generator"}
+
+
+def cooccurrence(options: ToyworldOptions, n_scenes: int = 20000) -> dict[str, np.ndarray]:
+    """How often two labels are positive in one generated scene (``cooccurrence.npz``):
+    the generator's statistics over ``n_scenes`` scenes from their own seed stream (not
+    the train or test images), unseen labels included; the diagonal counts each label."""
+    space = label_space(options)
+    rng = np.random.default_rng(np.random.SeedSequence(options.seed).spawn(4)[3])
+    index = {name: j for j, name in enumerate(space.names())}
+    hits = np.zeros((n_scenes, len(index)), dtype=np.int32)
+    for i in range(n_scenes):
+        for name in labels_of(sample_scene(rng, options)):
+            hits[i, index[name]] = 1
+    return {
+        "labels": np.asarray(space.names(), dtype=str),
+        "counts": (hits.T @ hits).astype(np.int32),
+    }
+
+
 # ---------------------------------------------------------------------------- sampling
 def sample_scene(rng: np.random.Generator, options: ToyworldOptions) -> ToyScene:
     n = int(rng.integers(1, options.max_objects + 1))
@@ -471,7 +627,8 @@ def generate(options: ToyworldOptions, out_dir: Path, *, progress: bool = True) 
 
     Layout: the prepared-dataset contract (labels.json, train.npz, test.npz, meta.json)
     plus images_<split>.npy (uint8, N x H x W x 3), captions.json for the ``pretrain``
-    split and ontology.json.
+    split, ontology.json, and the dataset-knowledge contract that text sources read:
+    knowledge.json (:func:`knowledge`) and cooccurrence.npz (:func:`cooccurrence`).
     """
     space = label_space(options)
     sizes = {"pretrain": options.n_pretrain, "train": options.n_train, "test": options.n_test}
@@ -508,6 +665,8 @@ def generate(options: ToyworldOptions, out_dir: Path, *, progress: bool = True) 
                 )
         write_json(tmp / "captions.json", captions)
         write_json(tmp / "ontology.json", ontology())
+        write_json(tmp / "knowledge.json", knowledge(options))
+        save_npz(tmp / "cooccurrence.npz", **cooccurrence(options))
         ds = PreparedDataset(
             "toyworld",
             space,

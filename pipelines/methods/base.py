@@ -69,6 +69,7 @@ class CellContext:
     open_images: Callable[[str], ImageSource]
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     progress: bool = True
+    load_corpus: Callable[[str], Any] | None = None  # kind -> polars DataFrame (pipelines/text)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ lazy views
@@ -91,6 +92,16 @@ class CellContext:
             self._cache[key] = label_embeddings(self.backbone, self.label_space.names(), prompts)
         return self._cache[key]
 
+    def corpus(self, kind: str):
+        """The corpus of ``kind`` this cell's method reads, as a polars DataFrame (schemas
+        in pipelines/text/__init__.py). Only kinds in the method's ``CORPORA``."""
+        key = f"corpus:{kind}"
+        if key not in self._cache:
+            if self.load_corpus is None:
+                raise RuntimeError(f"{self.variant}: this cell was given no corpora")
+            self._cache[key] = self.load_corpus(kind)
+        return self._cache[key]
+
     @property
     def n_seen(self) -> int:
         return self.label_space.n_seen
@@ -108,9 +119,18 @@ class Method(ABC):
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
+    CORPORA: ClassVar[tuple[str, ...]] = ()  # corpus kinds read through ctx.corpus(kind)
 
     def __init__(self, config: MethodConfig):
         self.config = config
+
+    def corpora(self) -> dict[str, str]:
+        """{kind: corpus name in params.yaml ``corpora:``} this method reads; by default
+        the corpus named like the kind. The graph does not call this (it would import
+        torch): it reads ``CORPORA`` and ``Config.corpus`` with ``ast``
+        (:func:`pipelines.config.method_corpora`), so keep both literal; a variant's
+        ``corpus:`` option picks another corpus of a single-kind method."""
+        return {kind: kind for kind in self.CORPORA}
 
     def fit(self, ctx: CellContext) -> dict[str, Any]:
         """Train on ``ctx`` (seen labels only). Returns a summary for metrics.json meta."""

@@ -1,0 +1,101 @@
+"""Typed params of the text corpora (params.yaml ``corpora:``), one entry per corpus.
+
+A corpus is named in params.yaml (``corpora.<name>``); its ``kind`` says what it holds
+(``comc-sentences``, ``class-descriptions``, ``category-relations``) and ``provider``
+which LLM writes it. Methods name the corpora they read (see pipelines/text/__init__.py);
+the graph builds ``corpus@<dataset>@<name>`` for every (dataset, corpus) a cell needs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+CorpusKind = Literal["comc-sentences", "class-descriptions", "category-relations"]
+CORPUS_KINDS: tuple[str, ...] = ("comc-sentences", "class-descriptions", "category-relations")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProviderConfig(_Strict):
+    """Who answers the prompts.
+
+    ``offline`` (default): a deterministic stand-in for an LLM that answers from the
+    dataset's knowledge (``knowledge.json`` + ``cooccurrence.npz``) or WordNet.
+    ``openai``: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama,
+    llama.cpp server) through the ``openai`` package. The API key is read from the
+    environment variable *named* by ``api_key_env``; it is never logged or stored.
+    """
+
+    kind: Literal["offline", "openai"] = "offline"
+    model: str = "offline-knowledge"
+    base_url: str | None = None  # openai: None = api.openai.com
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+    max_tokens: Annotated[int, Field(gt=0)] = 512
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    max_retries: Annotated[int, Field(ge=0)] = 6  # per request: 429 / 5xx / timeout / bad JSON
+    backoff_s: Annotated[float, Field(ge=0)] = 1.0  # first retry delay, doubled each time
+    max_backoff_s: Annotated[float, Field(ge=0)] = 60.0
+    concurrency: Annotated[int, Field(gt=0, le=256)] = 8
+    usd_per_1k_prompt_tokens: Annotated[float, Field(ge=0)] = 0.0
+    usd_per_1k_completion_tokens: Annotated[float, Field(ge=0)] = 0.0
+
+    @property
+    def label(self) -> str:
+        """``provider:model`` as recorded in metadata (never the key)."""
+        return f"{self.kind}:{self.model}"
+
+
+class _CorpusBase(_Strict):
+    provider: ProviderConfig = ProviderConfig()
+    seed: int = 0
+    reask: Annotated[int, Field(ge=0)] = 3  # an answer that does not parse is re-asked N times
+    datasets: list[str] = []  # build for these even when no cell reads the corpus
+    description: str = ""
+
+
+class ComcSentencesConfig(_CorpusBase):
+    """CoMC §3.1: "Please make a brief sentence to describe a photo that contains {labels}",
+    with 1–5 labels drawn at random per sentence (the paper does not say how many)."""
+
+    kind: Literal["comc-sentences"] = "comc-sentences"
+    n_sentences: Annotated[int, Field(gt=0)] = 40000
+    min_labels: Annotated[int, Field(ge=1)] = 1
+    max_labels: Annotated[int, Field(ge=1)] = 5
+
+    @model_validator(mode="after")
+    def _range(self) -> ComcSentencesConfig:
+        if self.max_labels < self.min_labels:
+            raise ValueError("max_labels must be >= min_labels")
+        return self
+
+
+class ClassDescriptionsConfig(_CorpusBase):
+    """RCNn: per class, visual attributes, its hierarchy ("a X, which is a Y") and the
+    scenes / objects it co-occurs with, each asked for in one prompt."""
+
+    kind: Literal["class-descriptions"] = "class-descriptions"
+    n_attributes: Annotated[int, Field(ge=0)] = 5
+    n_hierarchy: Annotated[int, Field(ge=0)] = 5
+    n_scenes: Annotated[int, Field(ge=0)] = 5
+
+
+class CategoryRelationsConfig(_CorpusBase):
+    """C2SRT supplementary B.3: for each category, the related *seen* categories with a
+    relationship type and a strength High/Medium/Low (3/2/1; unlisted = 0), averaged
+    over ``n_queries`` queries; the ``top_k`` best become the category's in-edges."""
+
+    kind: Literal["category-relations"] = "category-relations"
+    n_queries: Annotated[int, Field(ge=1)] = 3
+    top_k: Annotated[int, Field(ge=1)] = 8
+    max_seen_in_prompt: Annotated[int, Field(ge=1)] = 1000
+
+
+CorpusConfig = Annotated[
+    ComcSentencesConfig | ClassDescriptionsConfig | CategoryRelationsConfig,
+    Field(discriminator="kind"),
+]
