@@ -67,8 +67,10 @@ def pr_curve_figure(scores: np.ndarray, labels: np.ndarray, n_seen: int) -> Any:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4))
+    drawn: set[tuple[int, int]] = set()
     for task, cols in task_columns(n_seen, labels.shape[1]).items():
-        if cols.stop > cols.start:
+        if cols.stop > cols.start and (cols.start, cols.stop) not in drawn:  # "all" = GZSL here
+            drawn.add((cols.start, cols.stop))
             p, r = pr_curve(scores[:, cols], labels[:, cols])
             ax.plot(r, p, label=task.upper())
     ax.set_xlabel("recall")

@@ -122,6 +122,20 @@ _DAGSTER_RUN: contextvars.ContextVar[tuple[str, str | None] | None] = contextvar
 )
 
 
+def _set_tracking_uri(mlflow: Any, uri: str) -> None:
+    """``mlflow.set_tracking_uri`` without its side effect on ``$MLFLOW_TRACKING_URI``.
+
+    MLflow writes the URI into the process environment, and the environment wins over
+    params (MLflow's own convention, README): left there, one workspace's URI would leak
+    into every later run of the same process (Dagster's, a notebook's, a test session's)."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @contextlib.contextmanager
 def dagster_run(run_id: str, url: str | None = None) -> Iterator[None]:
     """Tag the MLflow runs started inside this block with a Dagster run (id and UI link)."""
@@ -244,7 +258,7 @@ def mlflow_run(
     check_tracking_server(uri)
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
-    mlflow.set_tracking_uri(uri)
+    _set_tracking_uri(mlflow, uri)
     client = mlflow.MlflowClient()
     try:
         exp_id = _experiment(params, experiment)

@@ -86,6 +86,18 @@ def tiny_workspace(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """A test that calls ``mlflow.set_tracking_uri`` itself sets $MLFLOW_TRACKING_URI for
+    the whole process, and the environment wins over params: restore it after each test."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_env():
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

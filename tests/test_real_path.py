@@ -63,7 +63,11 @@ def test_real_grid_runs_qks_table1_on_a_tiny_release(tmp_path):
         raw["tracking"] = {"enabled": False}
         raw["device"] = "cpu"
         raw["datasets"]["nus-wide"]["release_dir"] = str(release.root)
-        raw["datasets"]["nus-wide"]["download"] = {"chunks": 2, "workers": 2}
+        raw["datasets"]["nus-wide"]["download"] = {
+            "chunks": 2,
+            "workers": 2,
+            "allow_private_hosts": True,  # the release's URLs point at a server on 127.0.0.1
+        }
         raw["backbones"]["vit-b16-openai"] = {"model": "ovml-tiny-vit", "weights": f"file:{ckpt}"}
         (tmp_path / "ws").mkdir()
         path = tmp_path / "ws" / "params.yaml"
