@@ -208,3 +208,93 @@ def test_config_rejects_bad_grids():
         rcnn.Config(snippet_grids=[1])
     with pytest.raises(ValueError, match="snippet grid"):
         rcnn.Config(mssa=True, snippet_grids=[])
+
+
+# ------------------------------------------------------------------------------ a cell
+def _descriptions(names, skip=()):
+    import polars as pl
+
+    rows = [
+        {
+            "label": n,
+            "label_id": j,
+            "type": "attribute",
+            "item": it,
+            "text": f"a {n}, which has {it}.",
+        }
+        for j, n in enumerate(names)
+        if n not in skip
+        for it in ("a colour", "an edge", f"the {n} look")
+    ]
+    return pl.DataFrame(rows)
+
+
+def _ctx(tmp_path, skip=()):
+    from tests.test_train import fake_context
+
+    ctx = fake_context(tmp_path / "work", n_train=8, n_test=12)
+    ctx.feature_dir = tmp_path / "features" / "fake" / "tiny"
+    ctx.load_corpus = lambda kind: _descriptions(ctx.label_space.names(), skip)
+    return ctx
+
+
+FAST = {"epochs": 4, "batch_size": 32, "lr": 5e-3, "warmup_epochs": 0, "templates": False}
+
+
+def test_cell_learns_names_and_reuses_feature_caches(tmp_path, monkeypatch):
+    ctx = _ctx(tmp_path)
+    method = rcnn.RCNn(rcnn.Config(**FAST))
+    summary = method.fit(ctx)
+    assert summary["feature_cache"] == {"clearclip": "built", "clearclip-snippets-g2": "built"}
+    hist = summary["loss_history"]
+    assert hist[-1] < hist[0]  # CNR learns: Eq. 8 goes down
+    scores = method.predict(ctx)
+    assert scores.shape == (12, ctx.n_labels) and np.isfinite(scores).all()
+    assert set(method.state_dict()) == {"class_embeddings", "name_vectors"}
+    folder = tmp_path / "features" / "fake" / "tiny@clearclip-snippets-g2" / "test"
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+
+    def no_encoding(*a, **k):
+        raise AssertionError("a second run must not encode images")
+
+    monkeypatch.setattr(cc, "clearclip_tokens", no_encoding)
+    again = rcnn.RCNn(rcnn.Config(**FAST))
+    assert again.fit(_ctx(tmp_path))["feature_cache"] == {
+        "clearclip": "reused",
+        "clearclip-snippets-g2": "reused",
+    }
+    np.testing.assert_allclose(again.predict(_ctx(tmp_path)), scores, atol=1e-6)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    base = rcnn.RCNn(rcnn.Config(cnr=False, mssa=False))  # the baseline reads the same cache
+    assert base.fit(_ctx(tmp_path))["feature_cache"] == {"clearclip": "reused"}
+
+
+def test_trained_names_fit_their_descriptions_better_than_plain_names(tmp_path):
+    ctx = _ctx(tmp_path)
+    method = rcnn.RCNn(rcnn.Config(**{**FAST, "epochs": 8, "mssa": False}))
+    method.fit(ctx)
+    df = ctx.corpus("class-descriptions")
+    targets = ctx.backbone.encode_text(df["text"].to_list()).float()
+    ids = torch.tensor(df["label_id"].to_list())
+    plain = ctx.backbone.encode_text([f"a photo of a {n}." for n in ctx.label_space.names()])
+    learned = method.class_embeddings
+    assert rcnn.mse_loss(learned, targets, ids) < rcnn.mse_loss(plain.float(), targets, ids)
+
+
+def test_missing_description_is_an_error_or_a_counted_fallback(tmp_path):
+    ctx = _ctx(tmp_path, skip=("star",))
+    with pytest.raises(ValueError, match="star"):
+        rcnn.RCNn(rcnn.Config(**{**FAST, "mssa": False})).fit(ctx)
+    cfg = rcnn.Config(**{**FAST, "mssa": False, "epochs": 1, "missing_descriptions": "name"})
+    summary = rcnn.RCNn(cfg).fit(_ctx(tmp_path, skip=("star",)))
+    assert summary["fallback_classes"] == 1 and summary["fallback_names"] == ["star"]
+
+
+def test_cache_is_rebuilt_when_the_backbone_features_change(tmp_path):
+    ctx = _ctx(tmp_path)
+    rcnn.RCNn(rcnn.Config(cnr=False, mssa=False)).fit(ctx)
+    stamp = ctx.feature_dir / ".ovml-stage.json"
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text('{"stage": "features@fake@tiny", "fingerprint": "retrained"}')
+    summary = rcnn.RCNn(rcnn.Config(cnr=False, mssa=False)).fit(_ctx(tmp_path))
+    assert summary["feature_cache"] == {"clearclip": "built"}

@@ -369,12 +369,12 @@ class RCNn(Method):
                 if cfg.lambda_pbl > 0:
                     l_d = pair_loss(z)
                     loss = loss + cfg.lambda_pbl * l_d
-                    pbl_sum += float(l_d)
+                    pbl_sum += float(l_d.detach())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += float(loss)
-                mse_sum += float(l_mse)
+                total += float(loss.detach())
+                mse_sum += float(l_mse.detach())
             history.append(round(total / steps, 4))
             ctx.log_metrics(
                 {"loss": total / steps, "mse": mse_sum / steps, "pbl": pbl_sum / steps}, epoch
@@ -448,3 +448,43 @@ def _lr(cfg: Config, epoch: int) -> float:
 
 
 METHOD = RCNn
+
+
+# ------------------------------------------------------------------------- Figure 5
+def hierarchy_pairs(knowledge: dict, names: list[str]) -> list[tuple[int, int]]:
+    """(child, parent) columns of ``names`` from a dataset's knowledge.json ``parents``
+    (the dataset-knowledge contract), both ends inside ``names``."""
+    col = {n: j for j, n in enumerate(names)}
+    pairs = []
+    for name, info in knowledge.get("labels", {}).items():
+        for parent in info.get("parents", []):
+            if name in col and parent in col and name != parent:
+                pairs.append((col[name], col[parent]))
+    return sorted(set(pairs))
+
+
+def figure5(params, dataset: str, variants: list[str], task: str = "zsl") -> list[dict]:
+    """RCNn Figure 5 for computed cells: pairwise recall@10 of hierarchical pairs (GT
+    completed with missing parents) and label-level P/R@5, per variant, on ``task``'s
+    block (zsl = unseen columns, gzsl = all)."""
+    from pipelines.cells import load_cell_scores
+    from pipelines.data.prepared import PreparedDataset
+    from pipelines.io import read_json
+    from pipelines.metrics import hierarchical_pair_metrics
+
+    root = params.path("data") / dataset
+    knowledge_file = root / "knowledge.json"
+    if not knowledge_file.exists():
+        raise FileNotFoundError(f"{knowledge_file}: Figure 5 needs the dataset's label hierarchy")
+    ds = PreparedDataset.load(root)
+    names = ds.label_space.names()
+    labels = ds.splits["test"].labels
+    lo = ds.label_space.n_seen if task == "zsl" else 0
+    pairs = hierarchy_pairs(read_json(knowledge_file), names[lo:])
+    rows = []
+    for variant in variants:
+        scores = load_cell_scores(params, dataset, variant)[:, lo:]
+        k = min(10, scores.shape[1])
+        m = hierarchical_pair_metrics(scores, labels[:, lo:], pairs, k_pairs=k, k_labels=5)
+        rows.append({"variant": variant, "task": task, **m})
+    return rows
