@@ -298,3 +298,15 @@ def test_cache_is_rebuilt_when_the_backbone_features_change(tmp_path):
     stamp.write_text('{"stage": "features@fake@tiny", "fingerprint": "retrained"}')
     summary = rcnn.RCNn(rcnn.Config(cnr=False, mssa=False)).fit(_ctx(tmp_path))
     assert summary["feature_cache"] == {"clearclip": "built"}
+
+
+def test_hierarchy_pairs_from_the_knowledge_contract():
+    knowledge = {
+        "labels": {
+            "cat": {"parents": ["animal", "pet"]},
+            "animal": {"parents": []},
+            "pet": {"parents": ["thing-outside"]},
+        }
+    }
+    names = ["animal", "cat", "pet"]
+    assert rcnn.hierarchy_pairs(knowledge, names) == [(1, 0), (1, 2)]
