@@ -287,6 +287,7 @@ def make_context(
         log_metrics=log_metrics or (lambda metrics, step: None),
         progress=progress,
         load_corpus=lambda kind: _load_cell_corpus(params, dataset, variant, kind),
+        feature_dir=feat_dir,
     )
 
 

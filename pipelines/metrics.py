@@ -1316,3 +1316,90 @@ def evaluate_block(
     out["n_classes"] = prep.n_cols
     out["n_classes_without_positive"] = n_without
     return out
+
+
+# ------------------------------------------------------------- hierarchical pairs (RCNn)
+def complete_parents(labels: Any, pairs: Any) -> np.ndarray:
+    """RCNn §4.5: add each positive's missing parent classes to the ground truth.
+
+    ``pairs`` (E, 2) int: hierarchy edges (child column, parent column) of the evaluated
+    block. Completion follows the edges transitively (a parent added is itself completed).
+    Returns a bool (N, C) matrix of positives; 0 (unknown) and -1 count as not positive.
+    """
+    lab = _to_numpy(labels, "labels")
+    pos = np.asarray(lab) == 1
+    e = _check_pairs(pairs, pos.shape[1])
+    for _ in range(pos.shape[1]):
+        before = int(pos.sum())
+        for child, parent in e:
+            pos[:, parent] |= pos[:, child]
+        if int(pos.sum()) == before:
+            break
+    return pos
+
+
+def _check_pairs(pairs: Any, n_cols: int) -> np.ndarray:
+    e = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    if e.size and (e.min() < 0 or e.max() >= n_cols):
+        raise ValueError(f"hierarchy pairs index columns outside 0..{n_cols - 1}")
+    if e.size and (e[:, 0] == e[:, 1]).any():
+        raise ValueError("a hierarchy pair links a class to itself")
+    return e
+
+
+def _top_mask(scores: np.ndarray, k: int) -> np.ndarray:
+    """Each row's top-k columns (score descending, ties to the lower column, as P/R/F1@K)."""
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN; the top-k ranking is undefined")
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    mask = np.zeros(scores.shape, dtype=bool)
+    np.put_along_axis(mask, order, True, axis=1)
+    return mask
+
+
+def hierarchical_pair_metrics(
+    scores: Any,
+    labels: Any,
+    pairs: Any,
+    *,
+    k_pairs: int = 10,
+    k_labels: int = 5,
+    complete: bool = True,
+) -> dict[str, float | int]:
+    """RCNn Figure 5: pairwise recall of hierarchical pairs at top-``k_pairs``, and
+    label-level precision / recall at top-``k_labels``, in percent.
+
+    A hierarchical pair (c, p) of ``pairs`` is *in the ground truth* of an image when both
+    c and p are positive there, after :func:`complete_parents` when ``complete``; it is
+    *predicted* when both are among the image's top-``k_pairs`` scores. Pairwise recall =
+    predicted GT pairs / GT pairs, summed over images. Label-level P@k / R@k are micro over
+    images against the same (completed) ground truth, as :func:`precision_recall_f1_at_k`.
+    ``n_pairs_raw`` counts the GT pairs before completion (the paper's "before
+    complement" bars), ``n_pairs`` after.
+    """
+    s = np.asarray(_to_numpy(scores, "scores"), dtype=np.float64)
+    lab = np.asarray(_to_numpy(labels, "labels"))
+    if s.shape != lab.shape:
+        raise ValueError(f"scores {s.shape} and labels {lab.shape} differ in shape")
+    for name, k in (("k_pairs", k_pairs), ("k_labels", k_labels)):
+        if not 0 < k <= s.shape[1]:
+            raise ValueError(f"{name} = {k} must be in 1..{s.shape[1]}")
+    e = _check_pairs(pairs, s.shape[1])
+    raw = lab == 1
+    pos = complete_parents(lab, e) if complete else raw
+    gt_raw = raw[:, e[:, 0]] & raw[:, e[:, 1]]
+    gt = pos[:, e[:, 0]] & pos[:, e[:, 1]]
+    top = _top_mask(s, k_pairs)
+    hit_pairs = gt & top[:, e[:, 0]] & top[:, e[:, 1]]
+    n_pairs = int(gt.sum())
+    top_l = _top_mask(s, k_labels)
+    hits = int((top_l & pos).sum())
+    n_pos = int(pos.sum())
+    return {
+        f"pair_recall@{k_pairs}": 100.0 * int(hit_pairs.sum()) / n_pairs if n_pairs else 0.0,
+        f"P@{k_labels}": 100.0 * hits / (len(s) * k_labels) if len(s) else 0.0,
+        f"R@{k_labels}": 100.0 * hits / n_pos if n_pos else 0.0,
+        "n_pairs": n_pairs,
+        "n_pairs_raw": int(gt_raw.sum()),
+        "n_images": int(len(s)),
+    }

@@ -70,6 +70,7 @@ class CellContext:
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     progress: bool = True
     load_corpus: Callable[[str], Any] | None = None  # kind -> polars DataFrame (pipelines/text)
+    feature_dir: Path | None = None  # the plain feature cache <features>/<dataset>/<backbone>/
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ lazy views

@@ -1,0 +1,256 @@
+"""ClearCLIP local tokens (RCNn Eq. 2-4) and multi-snippet crops (RCNn Eq. 9), with their
+frozen-feature caches.
+
+ViT towers (open_clip ``VisionTransformer``): blocks 1..L-1 run as usual; the L-th block
+is run twice from the same input x_{L-1}:
+
+- as trained, giving the class token x_cls^L, then ``ln_post`` and ``proj``: the global
+  embedding (Eq. 3; identical to open_clip's pooled output);
+- ClearCLIP's way (Eq. 2; Lan et al. 2024): no residual connection, query-query
+  attention ``softmax(q q^T / sqrt(d_k)) v`` through the block's output projection, no
+  FFN; the patch tokens of that attention output, through ``ln_post`` and ``proj``, are
+  the local tokens (Eq. 4).
+
+ResNet towers (open_clip ``ModifiedResNet``, CLIP's RN50...): there is no q-q attention to
+swap in, so the equivalent dense tokens are the attention pool's value path per cell
+(``resnet_tokens`` in backbone.py: MaskCLIP's reading, which like ClearCLIP drops the
+query-key mixing and the residual), and the global embedding is the attention pool's
+output. Any other tower is refused with an error that says so.
+
+Both are l2-normalised. Snippets (Eq. 9): the input is cut into a g x g grid (g = sqrt K),
+each cell resized back to the input size (bicubic, as the image pipeline) and encoded
+like the whole image.
+
+Cache layout: ``<features>/<dataset>/<backbone>@<tower>/<split>/`` (``tower`` =
+``clearclip`` or ``clearclip-snippets-g2-3`` ...), beside the plain feature cache::
+
+    index.json                 n, dim, grid_hw, grids, source, code, shards, image_ids
+    shard-00000.safetensors    global (n, D) | (n, K, D), local (n, N, D) | (n, K, N, D), fp16
+
+``source`` is the fingerprint of the plain feature cache's stage record (so a retrained
+backbone invalidates it) and ``code`` a digest of this file: a cache whose either differs is
+rebuilt; otherwise it is reused and no image is encoded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from pipelines.data.images import ImageSource, batches
+from pipelines.io import atomic_path, read_json, write_json
+from pipelines.vlp.backbone import Backbone, resnet_tokens
+
+SHARD_SIZE = 2048
+CODE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+
+
+class TowerError(TypeError):
+    """The image tower gives no access to its last block (not a ViT / ResNet of open_clip)."""
+
+
+# ------------------------------------------------------------------------------ tokens
+def clearclip_tokens(backbone: Backbone, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(global (B, D), local (B, N, D)), both l2-normalised, in the joint space (Eq. 2-4)."""
+    visual = backbone.model.visual
+    if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
+        pooled, tokens = resnet_tokens(visual, pixels)
+        return F.normalize(pooled, dim=-1), F.normalize(tokens, dim=-1)
+    if not isinstance(visual, open_clip.transformer.VisionTransformer):
+        raise TowerError(
+            f"{backbone.name}: RCNn's local tokens need the last block of the image tower; "
+            f"{type(visual).__name__} is neither an open_clip VisionTransformer nor a "
+            "ModifiedResNet, so its last block cannot be reached"
+        )
+    if visual.attn_pool is not None or getattr(visual, "pool_type", "tok") != "tok":
+        raise TowerError(
+            f"{backbone.name}: ClearCLIP local tokens need a class-token ViT "
+            "(pool_type 'tok', no attention pool)"
+        )
+    blocks = visual.transformer.resblocks
+    x = visual._embeds(pixels)
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for blk in blocks[:-1]:
+        x = blk(x)
+    last = blocks[-1]
+    full = last(x)  # the block as trained: the class token (Eq. 1)
+    attn = _qq_attention(last, last.ln_1(x), batch_first)  # Eq. 2: no residual, no FFN
+    if not batch_first:
+        full, attn = full.transpose(0, 1), attn.transpose(0, 1)
+    cls = visual.ln_post(full[:, 0])
+    local = visual.ln_post(attn[:, 1:])
+    if visual.proj is not None:
+        cls, local = cls @ visual.proj, local @ visual.proj
+    return F.normalize(cls, dim=-1), F.normalize(local, dim=-1)
+
+
+def _qq_attention(block, x: torch.Tensor, batch_first: bool) -> torch.Tensor:
+    """Multi-head ``softmax(q q^T / sqrt(d)) v`` with the block's own projections."""
+    mha: torch.nn.MultiheadAttention = block.attn
+    if not batch_first:
+        x = x.transpose(0, 1)
+    b, n, d = x.shape
+    h = mha.num_heads
+    q, _, v = F.linear(x, mha.in_proj_weight, mha.in_proj_bias).chunk(3, dim=-1)
+    q = q.reshape(b, n, h, d // h).transpose(1, 2)
+    v = v.reshape(b, n, h, d // h).transpose(1, 2)
+    w = torch.softmax(q @ q.transpose(-1, -2) * (d // h) ** -0.5, dim=-1)
+    out = (w @ v).transpose(1, 2).reshape(b, n, d)
+    out = mha.out_proj(out)
+    if not batch_first:
+        out = out.transpose(0, 1)
+    return out
+
+
+def snippets(pixels: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, grid*grid, 3, S, S): a grid x grid row-major tiling, each tile
+    resized back to S (RCNn §3.5; the reference crops int(S / grid)-pixel boxes)."""
+    b, c, s, _ = pixels.shape
+    w = s // grid
+    tiles = [
+        pixels[:, :, i * w : (i + 1) * w, j * w : (j + 1) * w]
+        for i in range(grid)
+        for j in range(grid)
+    ]
+    x = torch.stack(tiles, 1).reshape(b * grid * grid, c, w, w)
+    x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False)
+    return x.reshape(b, grid * grid, c, s, s)
+
+
+# ------------------------------------------------------------------------------- cache
+@dataclass
+class DenseFeatures:
+    """One split's ClearCLIP features (fp16). Whole image: global (N, D), local (N, P, D).
+    Snippets: global (N, K, D), local (N, K, P, D), K = sum of g^2 over ``grids``."""
+
+    global_: torch.Tensor
+    local: torch.Tensor
+    image_ids: np.ndarray
+    grid_hw: tuple[int, int]
+    grids: tuple[int, ...] = ()
+
+    def __len__(self) -> int:
+        return int(self.global_.shape[0])
+
+
+def tower_name(grids: tuple[int, ...] = ()) -> str:
+    return "clearclip" if not grids else "clearclip-snippets-g" + "-".join(map(str, grids))
+
+
+def extract_dense(
+    backbone: Backbone,
+    source: ImageSource,
+    out_dir: Path,
+    *,
+    grids: tuple[int, ...] = (),
+    source_fingerprint: str = "",
+    batch_size: int = 64,
+    progress: bool = True,
+    desc: str = "clearclip",
+) -> dict:
+    """Encode ``source`` (whole images, or their snippets for each grid) and write fp16
+    shards atomically."""
+    shards: list[dict] = []
+    buf_g: list[torch.Tensor] = []
+    buf_l: list[torch.Tensor] = []
+    grid_hw = (0, 0)
+    with atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+
+        def flush() -> None:
+            nonlocal buf_g, buf_l
+            if not buf_g:
+                return
+            g, loc = torch.cat(buf_g), torch.cat(buf_l)
+            name = f"shard-{len(shards):05d}.safetensors"
+            save_file({"global": g.contiguous(), "local": loc.contiguous()}, str(tmp / name))
+            shards.append({"file": name, "start": sum(s["n"] for s in shards), "n": len(g)})
+            buf_g, buf_l = [], []
+
+        bar = tqdm(total=len(source), desc=desc, disable=not progress, unit="img")
+        with torch.no_grad():
+            for _, imgs in batches(source, batch_size, backbone.image_size):
+                pixels = backbone.uint8_to_tensor(imgs)
+                if grids:
+                    crops = torch.cat([snippets(pixels, g) for g in grids], 1)
+                    b, k = crops.shape[:2]
+                    g, loc = clearclip_tokens(backbone, crops.flatten(0, 1))
+                    g, loc = g.reshape(b, k, -1), loc.reshape(b, k, *loc.shape[1:])
+                else:
+                    g, loc = clearclip_tokens(backbone, pixels)
+                side = int(math.isqrt(loc.shape[-2]))
+                grid_hw = (side, loc.shape[-2] // side)
+                buf_g.append(g.to("cpu", torch.float16))
+                buf_l.append(loc.to("cpu", torch.float16))
+                bar.update(len(imgs))
+                if sum(x.shape[0] for x in buf_g) >= SHARD_SIZE:
+                    flush()
+        flush()
+        bar.close()
+        info = {
+            "n": len(source),
+            "dim": backbone.embed_dim,
+            "grid_hw": list(grid_hw),
+            "grids": list(grids),
+            "backbone": backbone.name,
+            "source": source_fingerprint,
+            "code": CODE_DIGEST,
+            "shards": shards,
+            "image_ids": [str(x) for x in source.image_ids],
+        }
+        write_json(tmp / "index.json", info)
+    return info
+
+
+def cache_is_valid(
+    split_dir: Path, source_fingerprint: str, grids: tuple[int, ...], image_ids: list[str]
+) -> bool:
+    """Whether the cache in ``split_dir`` was built by this code, from this backbone's
+    features stage, for these grids and exactly these images (in this order)."""
+    index = Path(split_dir) / "index.json"
+    if not index.exists():
+        return False
+    try:
+        info = read_json(index)
+    except (OSError, ValueError):
+        return False
+    files_ok = all((Path(split_dir) / s["file"]).exists() for s in info.get("shards", []))
+    return (
+        files_ok
+        and info.get("source") == source_fingerprint
+        and info.get("code") == CODE_DIGEST
+        and tuple(info.get("grids", [])) == tuple(grids)
+        and info.get("image_ids") == list(image_ids)
+    )
+
+
+def load_dense(split_dir: Path) -> DenseFeatures:
+    split_dir = Path(split_dir)
+    if not (split_dir / "index.json").exists():
+        raise FileNotFoundError(f"{split_dir}: no ClearCLIP feature cache (index.json missing)")
+    info = read_json(split_dir / "index.json")
+    gs, ls = [], []
+    for shard in info["shards"]:
+        t = load_file(str(split_dir / shard["file"]))
+        gs.append(t["global"])
+        ls.append(t["local"])
+    if not gs:
+        raise ValueError(f"{split_dir}: the ClearCLIP cache holds no images")
+    return DenseFeatures(
+        torch.cat(gs),
+        torch.cat(ls),
+        np.asarray(info["image_ids"]),
+        (int(info["grid_hw"][0]), int(info["grid_hw"][1])),
+        tuple(int(g) for g in info.get("grids", [])),
+    )
