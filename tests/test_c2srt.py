@@ -37,8 +37,12 @@ def _corpus(n_labels: int, n_seen: int, seed: int = 0) -> pl.DataFrame:
     for i in range(n_labels):
         for j in rng.choice(n_seen, size=2, replace=False):
             if i != j:
-                rows.append({"label_id": i, "related_id": int(j), "score": float(rng.integers(1, 4))})
-    return pl.DataFrame(rows, schema={"label_id": pl.Int32, "related_id": pl.Int32, "score": pl.Float64})
+                rows.append(
+                    {"label_id": i, "related_id": int(j), "score": float(rng.integers(1, 4))}
+                )
+    return pl.DataFrame(
+        rows, schema={"label_id": pl.Int32, "related_id": pl.Int32, "score": pl.Float64}
+    )
 
 
 def test_paper_defaults():
@@ -239,7 +243,9 @@ def test_fit_predict_with_llm_graph_writes_the_graph(tmp_path):
     assert any(k.startswith("tower.") for k in state) and any(k.startswith("ist.") for k in state)
 
 
-@pytest.mark.parametrize("opts", [{"prompts": "tuning"}, {"alpha": 0.0}, {"finetune": False, "distill": False}])
+@pytest.mark.parametrize(
+    "opts", [{"prompts": "tuning"}, {"alpha": 0.0}, {"finetune": False, "distill": False}]
+)
 def test_variants_train(tmp_path, opts):
     ctx = fake_context(tmp_path)
     method = c2srt.C2SRT(_cfg(train={"epochs": 1}, **opts))
@@ -260,7 +266,9 @@ def test_seen_only_training_graph_is_closed(tmp_path):
     module = c2srt.C2SRTModule(cfg, ctx, graph).eval()
     f = ctx.features("test")
     idx = torch.arange(4)
-    batch = Batch(index=idx, pixels=ctx.backbone.uint8_to_tensor(ctx.open_images("test").get(idx.numpy(), 64)))
+    batch = Batch(
+        index=idx, pixels=ctx.backbone.uint8_to_tensor(ctx.open_images("test").get(idx.numpy(), 64))
+    )
     with torch.no_grad():
         seen = module.scores(module(batch, seen_only=True))
         full = module.scores(module(batch, seen_only=False))
@@ -287,7 +295,9 @@ def _child(work: str, kill_epoch: str, kill_step: str, out: str) -> None:
     from safetensors.torch import save_file
 
     save_file(trainable_state(module), out + ".safetensors")
-    Path(out + ".json").write_text(json.dumps({"resumed_from": res.resumed_from, "history": res.history}))
+    Path(out + ".json").write_text(
+        json.dumps({"resumed_from": res.resumed_from, "history": res.history})
+    )
 
 
 def _run(*args) -> int:

@@ -122,7 +122,9 @@ class Config(MethodConfig):
         if self.distill and not self.finetune:
             raise ValueError("distill needs finetune: a frozen tower is the teacher already")
         if self.finetune and self.train.input_mode == "features":
-            raise ValueError("finetune trains the image encoder: input_mode must be 'auto' or 'images'")
+            raise ValueError(
+                "finetune trains the image encoder: input_mode must be 'auto' or 'images'"
+            )
         return self
 
     @property
@@ -151,7 +153,9 @@ def isr_select(
     sorted_s, order = s.sort(dim=-1, descending=True, stable=True)  # line 4
     reached = sorted_s.cumsum(dim=-1) >= alpha  # (B, C, P)
     n_alpha = torch.where(
-        reached.any(dim=-1), reached.float().argmax(dim=-1) + 1, torch.full_like(order[..., 0], s.shape[-1])
+        reached.any(dim=-1),
+        reached.float().argmax(dim=-1) + 1,
+        torch.full_like(order[..., 0], s.shape[-1]),
     )
     n = n_alpha.clamp(max=max_patches)  # line 6: ... or i >= N
     ranks = torch.arange(s.shape[-1], device=s.device)
@@ -269,7 +273,11 @@ def graph_summary(graph: dict[str, np.ndarray], names: list[str], n_seen: int, k
     c = len(names)
     indeg = np.bincount(edges[:, 1], minlength=c)
     outdeg = np.bincount(edges[:, 0], minlength=c)
-    hist = lambda d: {str(int(v)): int(n) for v, n in zip(*np.unique(d, return_counts=True))}  # noqa: E731
+
+    def hist(d: np.ndarray) -> dict[str, int]:
+        values, counts = np.unique(d, return_counts=True)
+        return {str(int(v)): int(n) for v, n in zip(values, counts, strict=True)}
+
     pick = list(range(min(3, n_seen))) + list(range(n_seen, min(c, n_seen + 3)))
     zero = int(sum((graph["scores"][t, s] <= 0) for s, t in edges))
     return {
@@ -309,15 +317,20 @@ class GATv2Layer(nn.Module):
 class IST(nn.Module):
     """Eq. 6-10: FFN_in over [f_img || f_txt], stacked GATv2 layers, back to the text width."""
 
-    def __init__(self, d: int, hidden: int, layers: int, heads: int, self_loops: bool, dropout: float):
+    def __init__(
+        self, d: int, hidden: int, layers: int, heads: int, self_loops: bool, dropout: float
+    ):
         super().__init__()
         self.ffn_in = nn.Sequential(nn.Linear(2 * d, hidden), nn.GELU(), nn.Linear(hidden, hidden))
         self.layers = nn.ModuleList(
-            GATv2Layer(hidden, heads, self_loops, dropout, last=i == layers - 1) for i in range(layers)
+            GATv2Layer(hidden, heads, self_loops, dropout, last=i == layers - 1)
+            for i in range(layers)
         )
         self.out = nn.Identity() if hidden == d else nn.Linear(hidden, d)
 
-    def forward(self, f_img: torch.Tensor, f_txt: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, f_img: torch.Tensor, f_txt: torch.Tensor, edges: torch.Tensor
+    ) -> torch.Tensor:
         """f_img (B, C, D), f_txt (C, D), edges (2, E) within the C labels -> (B, C, D)."""
         b, c, d = f_img.shape
         x = self.ffn_in(torch.cat([f_img, f_txt.unsqueeze(0).expand(b, -1, -1)], dim=-1))
@@ -336,7 +349,9 @@ class C2SRTModule(TrainModule):
         self.cfg = cfg
         bb = ctx.backbone
         self.n_seen = ctx.n_seen
-        self.input_mode = "images" if cfg.finetune or cfg.train.input_mode == "images" else "features"
+        self.input_mode = (
+            "images" if cfg.finetune or cfg.train.input_mode == "images" else "features"
+        )
         self.tower = ImageTower(bb, trainable=cfg.finetune) if self.input_mode == "images" else None
         self._teacher: torch.Tensor | None = None
         self._ctx = ctx
