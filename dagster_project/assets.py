@@ -67,6 +67,13 @@ def _metadata(params: Params, stage: Stage, reused: bool) -> dict[str, Any]:
             for k, v in m.get(task, {}).items():
                 meta[f"{task} {k}"] = float(v)
         meta["mlflow_run_id"] = str(m["meta"].get("mlflow_run_id"))
+        graph = (m["meta"].get("fit") or {}).get("relation_graph")  # C2SRT's IST graph
+        if graph:
+            hood = "\n".join(f"- {k} <- {', '.join(v)}" for k, v in graph["neighbourhoods"].items())
+            meta["relation_graph"] = dg.MetadataValue.md(
+                f"{graph['n_edges']} edges; in-degree {graph['in_degree_histogram']}; "
+                f"out-degree of seen labels {graph['out_degree_histogram']}\n\n{hood}"
+            )
     elif stage.kind == "table" and (out / "table.md").exists():
         md = (out / "table.md").read_text()
         if (out / "mAP.png").exists():
