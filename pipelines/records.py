@@ -112,6 +112,14 @@ def stage_metadata(root: Path, kind: str, out: str) -> dict[str, Any]:
             meta[k] = info.get(k)
         meta["mlflow_run_id"] = info.get("mlflow_run_id")
         meta["mlflow_experiment_id"] = info.get("mlflow_experiment_id")
+        graph = (info.get("fit") or {}).get("relation_graph")  # C2SRT's IST graph
+        if graph:
+            hood = "\n".join(f"- {k} <- {', '.join(v)}" for k, v in graph["neighbourhoods"].items())
+            meta["relation_graph"] = {
+                "type": "md",
+                "value": f"{graph['n_edges']} edges; in-degree {graph['in_degree_histogram']}; "
+                f"out-degree of seen labels {graph['out_degree_histogram']}\n\n{hood}",
+            }
     elif kind == "table":
         tab = _read(folder / "table.json")
         if tab:

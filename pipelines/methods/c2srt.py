@@ -1,0 +1,500 @@
+"""C2SRT: Category-Adaptive Cross-Modal Semantic Refinement and Transfer (Liu et al.),
+Section 3 and supplementary B of ../shared/papers/c2srt.md.
+
+- **Vision encoder with distillation (Eq. 1-2).** A student image tower Phi_1, initialised
+  from the VLP image tower, is fine-tuned end to end (images mode). Its unit-norm global
+  feature f_G is pulled towards the frozen VLP's global feature f_G^CLIP by an L1 loss
+  (Eq. 2: sum over dimensions, mean over images). The teacher never runs during training:
+  f_G^CLIP is the cell's cached frozen feature of the same train image
+  (``ctx.features("train").global_[batch.index]``).
+- **ISR, Algorithm 1 (Eq. 4-5).** Patch-to-text similarity s_i^(c) between every patch and
+  every label's ensemble text feature (Eq. 24), softmax over the P patches, descending sort,
+  and the smallest prefix whose mass reaches alpha, capped at N patches (line 6 of the
+  algorithm: stop at the first i with cumsum_i >= alpha or i >= N). Vectorised over images
+  and labels (a rank mask, no Python loop over classes). Choices the paper leaves open:
+
+  * *temperature*: the softmax runs on ``isr_temperature * cos`` (default 100, CLIP's logit
+    scale). Over 196 patches raw cosines (|s| <= 1) give a near-uniform softmax that never
+    reaches alpha = 0.5 before the cap, which would make alpha meaningless.
+  * *projection*: patch tokens go through the VLP's own visual projection (ln_post + proj,
+    as MKT does; pipelines/vlp/backbone.py ``image_tokens``), so they live in the text space.
+  * *pooling*: mean of the L2-normalised selected patch features (f_L^(c)); f_G is unit norm
+    too, and f_img^(c) = (f_L^(c) + f_G) / 2 (Eq. 6).
+  * alpha = 0 means "no local features" (Figure 5): f_img^(c) = f_G.
+- **IST (Eq. 6-10, 17-23).** Node features h_0^(c) = FFN_in([f_img^(c) || f_txt^(c)]) per image
+  and label; ``gat_layers`` layers of multi-head GATv2 (torch_geometric ``GATv2Conv``) over a
+  sparse, directed, unweighted graph in which each label receives from its top-n related
+  *seen* labels (supp. B.3); every image is its own copy of the label graph (a PyG batch of
+  disjoint graphs). Differences from the paper's multi-head equations, made explicit:
+
+  * Eq. 21 (FFN_head splitting h into M heads) followed by per-head W^(m) is a composition
+    of linear maps: ``GATv2Conv``'s ``lin_l`` / ``lin_r`` (in -> M x D_h) are exactly that
+    product, so no separate FFN_head layer is added.
+  * Eq. 23's per-head output matrix W_out^(m) is added as a grouped linear map after the
+    aggregation (sum_j alpha_ij W_out h_j = W_out sum_j alpha_ij h_j, so this is exact),
+    followed by sigma (ELU) and the concatenation of the heads. The last layer has no sigma
+    (its output is compared to f_txt by cosine, Eq. 10).
+  * GAT [39] counts node i among its own neighbours; the LLM graph does not list a label as
+    related to itself. ``self_loops: true`` (default) adds i -> i, as GAT does; the graph's
+    in-degree from *other* labels is exactly n (``n_related``).
+  Scores: cosine(h_l^(c), f_txt^(c)) (Eq. 10); without IST, cosine(f_img^(c), f_txt^(c)).
+- **Relation sources** (Table 4; ``relations``): ``llm`` (the ``category-relations``
+  corpus: mean High/Medium/Low = 3/2/1 over queries, unlisted 0; each label keeps its top-n
+  seen labels, ties, zeros included, broken by text-embedding similarity so the in-degree
+  is exactly n), ``random`` (n seen labels uniformly, seeded), ``similarity`` (text
+  embedding cosine), ``cooccurrence`` (extra, no published number: P(j | i) from the train
+  labels, seen only; unseen labels have no train annotations, so an unseen label's row
+  falls back to text similarity). A label never relates to itself.
+- **Loss (Eq. 11-12).** Ranking loss with margin 1 on the cosine scores over the annotated
+  seen labels (mean over the positive x negative pairs of an image, mean over images; the
+  paper writes the sum, which only rescales lr and lambda) plus lambda * L_dist.
+
+The graph is a cell artefact: ``relation-graph.npz`` (edges, scores) and
+``relation-graph.json`` (degree histograms and a few neighbourhoods) in the cell's work
+folder, and the same summary in the cell's metrics.json meta (shown in Dagster).
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from pipelines.methods.base import CellContext, Method, MethodConfig
+from pipelines.methods.qks import LabelEncoder, ranking_loss
+from pipelines.train import (
+    Batch,
+    ImageTower,
+    TrainConfig,
+    Trainer,
+    TrainModule,
+    features_or_tower,
+    method_fingerprint,
+    trainable_state,
+)
+
+CODE_DEPS = ("pipelines/train.py", "pipelines/methods/qks.py")
+RELATIONS_KIND = "category-relations"
+
+PAPER_TRAIN = TrainConfig(
+    epochs=20, batch_size=64, lr=1e-3, weight_decay=5e-3, optimizer="adamw", schedule="constant"
+)
+
+Relations = Literal["llm", "random", "similarity", "cooccurrence"]
+
+
+class Config(MethodConfig):
+    """Defaults are the paper's NUS-WIDE settings (Section 4.1): AdamW lr 1e-3, weight decay
+    5e-3, batch 64, 20 epochs, 224 px (196 patches: the backbone's), N = 32, alpha = 0.5,
+    16 related categories mined by an LLM (GPT-4o), a 2-layer GAT. Open Images: 8 epochs and
+    4 related categories. lambda is not printed in the text (Figure 9 sweeps it): 1.0 here."""
+
+    distill: bool = True  # Table 3 "Dist"
+    lambda_dist: Annotated[float, Field(ge=0)] = 1.0  # Eq. 12 (Figure 9)
+    finetune: bool = True  # the student tower trains (Eq. 1); false = frozen VLP features
+    encoder_lr_scale: Annotated[float, Field(gt=0)] = 1.0  # lr multiplier for the student tower
+    isr: bool = True  # Table 3 "ISR"
+    alpha: Annotated[float, Field(ge=0, lt=1)] = 0.5  # Figure 5; 0 = no local features
+    max_patches: Annotated[int, Field(ge=1)] = 32  # N
+    isr_temperature: Annotated[float, Field(gt=0)] = 100.0  # softmax scale (CLIP's logit scale)
+    ist: bool = True  # Table 3 "IST"
+    relations: Relations = "llm"  # Table 4
+    corpus: str = RELATIONS_KIND  # the category-relations corpus (params.yaml corpora:)
+    n_related: Annotated[int, Field(ge=1)] = 16  # Figure 4
+    gat_layers: Annotated[int, Field(ge=1)] = 2
+    heads: Annotated[int, Field(ge=1)] = 4  # M (not given in the paper)
+    hidden: Annotated[int, Field(ge=8)] | None = None  # D_in of the GAT; None = embed dim
+    self_loops: bool = True
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    prompts: Literal["single", "pool", "tuning"] = "pool"  # Table 5 (ensemble = pool, Eq. 24)
+    n_ctx: Annotated[int, Field(ge=1)] = 4  # prompt tuning: CoOp context vectors
+    margin: Annotated[float, Field(gt=0)] = 1.0  # Eq. 11
+    train: TrainConfig = PAPER_TRAIN
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.distill and not self.finetune:
+            raise ValueError("distill needs finetune: a frozen tower is the teacher already")
+        if self.finetune and self.train.input_mode == "features":
+            raise ValueError(
+                "finetune trains the image encoder: input_mode must be 'auto' or 'images'"
+            )
+        return self
+
+    @property
+    def uses_local(self) -> bool:
+        return self.isr and self.alpha > 0
+
+
+# ---------------------------------------------------------------------------- ISR (Alg. 1)
+def isr_select(
+    patches: torch.Tensor,
+    text: torch.Tensor,
+    alpha: float,
+    max_patches: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Algorithm 1, lines 1-10, for every image and label at once.
+
+    patches (B, P, D), text (C, D) -> (mask (B, C, P) float with 1 on the selected patches,
+    counts (B, C) long = the prefix length n). Similarity is the cosine (Eq. 4) times
+    ``temperature``; softmax over patches; descending sort; n = the first i (1-based) with
+    cumsum_i >= alpha, or N (line 6), whichever comes first.
+    """
+    p = F.normalize(patches.float(), dim=-1)
+    t = F.normalize(text.float(), dim=-1)
+    s = torch.softmax(temperature * torch.einsum("bpd,cd->bcp", p, t), dim=-1)  # lines 1-3
+    sorted_s, order = s.sort(dim=-1, descending=True, stable=True)  # line 4
+    reached = sorted_s.cumsum(dim=-1) >= alpha  # (B, C, P)
+    n_alpha = torch.where(
+        reached.any(dim=-1),
+        reached.float().argmax(dim=-1) + 1,
+        torch.full_like(order[..., 0], s.shape[-1]),
+    )
+    n = n_alpha.clamp(max=max_patches)  # line 6: ... or i >= N
+    ranks = torch.arange(s.shape[-1], device=s.device)
+    keep_sorted = (ranks < n.unsqueeze(-1)).float()
+    mask = torch.zeros_like(s).scatter(-1, order, keep_sorted)
+    return mask, n
+
+
+def isr_pool(patches: torch.Tensor, mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Eq. 5 / line 12: f_L^(c) = mean of the selected L2-normalised patch features, (B, C, D)."""
+    p = F.normalize(patches.float(), dim=-1)
+    return torch.einsum("bcp,bpd->bcd", mask, p) / counts.unsqueeze(-1).to(p.dtype)
+
+
+# ------------------------------------------------------------------------ relation graphs
+def top_related(
+    scores: np.ndarray, n_seen: int, n: int, tiebreak: np.ndarray | None = None
+) -> np.ndarray:
+    """(C, n) source columns (< n_seen) each label receives from: the n largest ``scores``
+    (C, n_seen) excluding the label itself, ties broken by ``tiebreak`` (C, n_seen), then by
+    column order."""
+    c = scores.shape[0]
+    if n >= n_seen:
+        raise ValueError(
+            f"n_related = {n} needs more than {n} seen labels (this dataset has {n_seen}); "
+            "lower n_related"
+        )
+    key = scores.astype(np.float64).copy()
+    tb = np.zeros_like(key) if tiebreak is None else tiebreak.astype(np.float64)
+    rows = np.arange(min(c, n_seen))
+    key[rows, rows] = -np.inf  # never related to itself
+    # lexsort: last key is primary; stable, so equal (score, tiebreak) keep column order
+    out = np.empty((c, n), np.int64)
+    cols = np.arange(n_seen)
+    for i in range(c):  # C rows of a sort each: cheap next to training
+        order = np.lexsort((cols, -tb[i], -key[i]))
+        out[i] = order[:n]
+    return out
+
+
+def text_similarity(text: torch.Tensor, n_seen: int) -> np.ndarray:
+    t = F.normalize(text.float(), dim=-1)
+    return (t @ t[:n_seen].T).cpu().numpy()
+
+
+def llm_scores(df, n_labels: int, n_seen: int) -> np.ndarray:
+    """(C, n_seen) mean association scores from a ``category-relations`` corpus table
+    (pipelines/text/__init__.py schema); unlisted pairs are 0."""
+    out = np.zeros((n_labels, n_seen), np.float32)
+    if len(df):
+        lab = df["label_id"].to_numpy().astype(np.int64)
+        rel = df["related_id"].to_numpy().astype(np.int64)
+        bad = (lab < 0) | (lab >= n_labels) | (rel < 0) | (rel >= n_seen)
+        if bad.any():
+            raise ValueError(
+                f"{RELATIONS_KIND} corpus: {int(bad.sum())} rows point outside the label "
+                f"space (label_id < {n_labels}, related_id < {n_seen}); rebuild the corpus"
+            )
+        out[lab, rel] = df["score"].to_numpy().astype(np.float32)
+    return out
+
+
+def cooccurrence_scores(train_labels, n_seen: int, n_labels: int, sim: np.ndarray) -> np.ndarray:
+    """P(j | i) = count(i, j) / count(i) over train images, seen labels only; unseen rows (no
+    train annotations) are the text similarity to each seen label."""
+    y = (np.asarray(train_labels[:, :n_seen]) > 0).astype(np.float32)
+    counts = y.T @ y  # (S, S)
+    cond = counts / np.maximum(np.diag(counts)[:, None], 1.0)
+    out = np.empty((n_labels, n_seen), np.float32)
+    out[:n_seen] = cond
+    out[n_seen:] = sim[n_seen:]
+    return out
+
+
+def build_relation_graph(
+    source: Relations,
+    *,
+    n_related: int,
+    n_seen: int,
+    n_labels: int,
+    text: torch.Tensor,
+    seed: int,
+    train_labels=None,
+    corpus=None,
+) -> dict[str, np.ndarray]:
+    """The IST graph: ``neighbours`` (C, n) source labels per target, ``edges`` (E, 2) as
+    (source, target) and ``scores`` (C, n_seen) the association the choice ranked by."""
+    sim = text_similarity(text, n_seen)
+    if source == "llm":
+        if corpus is None:
+            raise ValueError("relations 'llm' needs the category-relations corpus")
+        scores = llm_scores(corpus, n_labels, n_seen)
+        nb = top_related(scores, n_seen, n_related, tiebreak=sim)
+    elif source == "similarity":
+        scores = sim
+        nb = top_related(scores, n_seen, n_related)
+    elif source == "cooccurrence":
+        if train_labels is None:
+            raise ValueError("relations 'cooccurrence' needs train labels")
+        scores = cooccurrence_scores(train_labels, n_seen, n_labels, sim)
+        nb = top_related(scores, n_seen, n_related, tiebreak=sim)
+    elif source == "random":
+        scores = np.random.default_rng(seed + 104729).random((n_labels, n_seen)).astype(np.float32)
+        nb = top_related(scores, n_seen, n_related)
+    else:
+        raise ValueError(f"unknown relation source {source!r}")
+    tgt = np.repeat(np.arange(n_labels), n_related)
+    edges = np.stack([nb.reshape(-1), tgt], axis=1).astype(np.int64)
+    return {"neighbours": nb.astype(np.int64), "edges": edges, "scores": scores.astype(np.float32)}
+
+
+def graph_summary(graph: dict[str, np.ndarray], names: list[str], n_seen: int, k: int = 6) -> dict:
+    """Degree histograms and a few neighbourhoods (for metadata and the cell folder)."""
+    edges, nb = graph["edges"], graph["neighbours"]
+    c = len(names)
+    indeg = np.bincount(edges[:, 1], minlength=c)
+    outdeg = np.bincount(edges[:, 0], minlength=c)
+
+    def hist(d: np.ndarray) -> dict[str, int]:
+        values, counts = np.unique(d, return_counts=True)
+        return {str(int(v)): int(n) for v, n in zip(values, counts, strict=True)}
+
+    pick = list(range(min(3, n_seen))) + list(range(n_seen, min(c, n_seen + 3)))
+    zero = int(sum((graph["scores"][t, s] <= 0) for s, t in edges))
+    return {
+        "n_nodes": c,
+        "n_edges": int(len(edges)),
+        "in_degree_histogram": hist(indeg),
+        "out_degree_histogram": hist(outdeg[:n_seen]),
+        "edges_with_zero_score": zero,
+        "neighbourhoods": {names[i]: [names[j] for j in nb[i][:k]] for i in pick},
+    }
+
+
+# -------------------------------------------------------------------------------- IST
+class GATv2Layer(nn.Module):
+    """One multi-head GATv2 layer (supp. Eq. 19-23) on torch_geometric's ``GATv2Conv`` plus
+    the per-head output matrix W_out^(m) of Eq. 23 as a grouped linear map."""
+
+    def __init__(self, d: int, heads: int, self_loops: bool, dropout: float, last: bool):
+        super().__init__()
+        from torch_geometric.nn import GATv2Conv
+
+        if d % heads:
+            raise ValueError(f"GAT width {d} is not divisible by heads = {heads}")
+        dh = d // heads
+        self.heads, self.dh, self.last = heads, dh, last
+        self.conv = GATv2Conv(
+            d, dh, heads=heads, concat=True, add_self_loops=self_loops, dropout=dropout
+        )
+        self.w_out = nn.Parameter(torch.stack([torch.eye(dh) for _ in range(heads)]))
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x, edge_index).view(-1, self.heads, self.dh)
+        h = torch.einsum("nmi,mji->nmj", h, self.w_out).reshape(-1, self.heads * self.dh)
+        return h if self.last else F.elu(h)
+
+
+class IST(nn.Module):
+    """Eq. 6-10: FFN_in over [f_img || f_txt], stacked GATv2 layers, back to the text width."""
+
+    def __init__(
+        self, d: int, hidden: int, layers: int, heads: int, self_loops: bool, dropout: float
+    ):
+        super().__init__()
+        self.ffn_in = nn.Sequential(nn.Linear(2 * d, hidden), nn.GELU(), nn.Linear(hidden, hidden))
+        self.layers = nn.ModuleList(
+            GATv2Layer(hidden, heads, self_loops, dropout, last=i == layers - 1)
+            for i in range(layers)
+        )
+        self.out = nn.Identity() if hidden == d else nn.Linear(hidden, d)
+
+    def forward(
+        self, f_img: torch.Tensor, f_txt: torch.Tensor, edges: torch.Tensor
+    ) -> torch.Tensor:
+        """f_img (B, C, D), f_txt (C, D), edges (2, E) within the C labels -> (B, C, D)."""
+        b, c, d = f_img.shape
+        x = self.ffn_in(torch.cat([f_img, f_txt.unsqueeze(0).expand(b, -1, -1)], dim=-1))
+        offsets = (torch.arange(b, device=edges.device) * c).view(b, 1, 1)
+        ei = (edges.unsqueeze(0) + offsets).permute(1, 0, 2).reshape(2, -1)  # B disjoint copies
+        h = x.reshape(b * c, -1)
+        for layer in self.layers:
+            h = layer(h, ei)
+        return self.out(h).view(b, c, d)
+
+
+# ----------------------------------------------------------------------------- module
+class C2SRTModule(TrainModule):
+    def __init__(self, cfg: Config, ctx: CellContext, graph: dict[str, np.ndarray] | None):
+        super().__init__()
+        self.cfg = cfg
+        bb = ctx.backbone
+        self.n_seen = ctx.n_seen
+        self.input_mode = (
+            "images" if cfg.finetune or cfg.train.input_mode == "images" else "features"
+        )
+        self.tower = ImageTower(bb, trainable=cfg.finetune) if self.input_mode == "images" else None
+        self._teacher: torch.Tensor | None = None
+        self._ctx = ctx
+        lab_cfg = SimpleNamespace(prompts=cfg.prompts, n_ctx=cfg.n_ctx, unfreeze_text=False)
+        self.labels = LabelEncoder(lab_cfg, ctx)
+        d = bb.embed_dim
+        self.ist = (
+            IST(d, cfg.hidden or d, cfg.gat_layers, cfg.heads, cfg.self_loops, cfg.dropout)
+            if cfg.ist
+            else None
+        )
+        if graph is not None:
+            e = torch.as_tensor(graph["edges"].T.copy(), dtype=torch.long)  # (2, E): source, target
+            self.register_buffer("edges_all", e, persistent=False)
+            seen = (e[0] < self.n_seen) & (e[1] < self.n_seen)
+            self.register_buffer("edges_seen", e[:, seen], persistent=False)
+
+    def teacher(self, index: torch.Tensor) -> torch.Tensor:
+        """f_G^CLIP of the batch's train images, from the frozen feature cache (Eq. 2)."""
+        if self._teacher is None:
+            self._teacher = self._ctx.features("train").global_
+        return self._teacher[index.cpu()].float()
+
+    def forward(self, batch: Batch, *, seen_only: bool = True) -> dict[str, torch.Tensor]:
+        f_g, patches = features_or_tower(batch, self.tower)
+        f_g = F.normalize(f_g.float(), dim=-1)
+        text = self.labels(seen_only).float()
+        c = text.shape[0]
+        if self.cfg.uses_local:
+            mask, counts = isr_select(
+                patches, text, self.cfg.alpha, self.cfg.max_patches, self.cfg.isr_temperature
+            )
+            f_img = (isr_pool(patches, mask, counts) + f_g.unsqueeze(1)) / 2  # Eq. 6
+        else:
+            f_img = f_g.unsqueeze(1).expand(-1, c, -1)
+        h = f_img
+        if self.ist is not None:
+            h = self.ist(f_img, text, self.edges_seen if seen_only else self.edges_all)
+        out = {"h": h, "text": text, "f_g": f_g}
+        if self.training and self.cfg.distill and batch.pixels is not None:
+            out["teacher"] = self.teacher(batch.index).to(f_g.device)
+        return out
+
+    def scores(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Eq. 10: cosine between each label's output feature and its text feature."""
+        return F.cosine_similarity(outputs["h"], outputs["text"].unsqueeze(0), dim=-1)
+
+    def loss(self, outputs, targets):
+        rank = ranking_loss(self.scores(outputs).float(), targets, self.cfg.margin)  # Eq. 11
+        if "teacher" not in outputs:
+            return rank, {"rank": rank.detach()}
+        dist = distillation_loss(outputs["f_g"], outputs["teacher"])  # Eq. 2
+        return rank + self.cfg.lambda_dist * dist, {"rank": rank.detach(), "dist": dist.detach()}
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        enc = [p for p in (self.tower.parameters() if self.tower else []) if p.requires_grad]
+        ids = {id(p) for p in enc}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in ids]
+        return [{"params": rest, "lr": lr}, {"params": enc, "lr": lr * self.cfg.encoder_lr_scale}]
+
+
+def distillation_loss(f_g: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: ||f_G - f_G^CLIP||_1 per image (both unit norm), averaged over the batch."""
+    return (f_g.float() - teacher.float()).abs().sum(dim=-1).mean()
+
+
+class C2SRT(Method):
+    Config = Config
+    CORPORA = (RELATIONS_KIND,)
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        self.module: C2SRTModule | None = None
+        self.trainer: Trainer | None = None
+        self.graph: dict[str, np.ndarray] | None = None
+
+    def corpora(self) -> dict[str, str]:
+        cfg: Config = self.config
+        return {RELATIONS_KIND: cfg.corpus} if cfg.ist and cfg.relations == "llm" else {}
+
+    def relation_graph(self, ctx: CellContext) -> dict[str, np.ndarray]:
+        cfg: Config = self.config
+        return build_relation_graph(
+            cfg.relations,
+            n_related=cfg.n_related,
+            n_seen=ctx.n_seen,
+            n_labels=ctx.n_labels,
+            text=ctx.label_embeddings("pool"),
+            seed=ctx.seed,
+            train_labels=ctx.train_labels if cfg.relations == "cooccurrence" else None,
+            corpus=ctx.corpus(RELATIONS_KIND) if cfg.relations == "llm" else None,
+        )
+
+    def fit(self, ctx: CellContext) -> dict[str, Any]:
+        cfg: Config = self.config
+        summary: dict[str, Any] = {}
+        if cfg.ist:
+            self.graph = self.relation_graph(ctx)
+            summary = graph_summary(self.graph, ctx.label_space.names(), ctx.n_seen)
+            _write_graph(ctx, self.graph, summary)
+        self.module = C2SRTModule(cfg, ctx, self.graph)
+        fp = method_fingerprint(self.module, cfg)
+        if self.graph is not None:
+            fp["graph"] = _digest(self.graph["edges"])
+        self.trainer = Trainer(cfg.train, ctx, fingerprint=fp)
+        result = self.trainer.fit(self.module)
+        return {
+            **result.summary(),
+            "backbone": ctx.backbone_name,
+            "modules": {"dist": cfg.distill, "isr": cfg.uses_local, "ist": cfg.ist},
+            "relations": cfg.relations if cfg.ist else None,
+            "relation_graph": summary or None,
+        }
+
+    def predict(self, ctx: CellContext) -> np.ndarray:
+        if self.module is None or self.trainer is None:
+            raise RuntimeError("C2SRT.predict before fit")
+        return self.trainer.predict(self.module, "test")
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return trainable_state(self.module) if self.module is not None else {}
+
+
+def _digest(a: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def _write_graph(ctx: CellContext, graph: dict[str, np.ndarray], summary: dict) -> None:
+    from pipelines.io import atomic_path
+
+    work = ctx.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    with atomic_path(work / "relation-graph.npz") as tmp:
+        np.savez(
+            tmp,
+            labels=np.asarray(ctx.label_space.names(), dtype=str),
+            edges=graph["edges"].astype(np.int32),
+            scores=graph["scores"],
+        )
+    with atomic_path(work / "relation-graph.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1))
+
+
+METHOD = C2SRT
