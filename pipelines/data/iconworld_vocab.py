@@ -202,134 +202,66 @@ def build_wordnet_file(wordnet_dir: Path, out: Path = WORDNET_FILE) -> dict:
 
     ``wordnet_dir`` is a WordNet 3.0 database folder (data.noun, index.noun, ...).
     """
-    import shutil
-    import tempfile
-    import warnings
+    from pipelines.text.wordnet import open_wordnet
 
-    import nltk
-
-    warnings.simplefilter("ignore")
     wordnet_dir = Path(wordnet_dir)
     if not (wordnet_dir / "data.noun").exists():
         raise FileNotFoundError(
             f"{wordnet_dir}: no WordNet database here (apt-get install wordnet-base "
             "wordnet-sense-index, then pass /usr/share/wordnet)"
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        corpus = Path(tmp) / "corpora" / "wordnet"
-        corpus.mkdir(parents=True)
-        for f in wordnet_dir.iterdir():
-            if f.is_file():
-                shutil.copy(f, corpus / f.name)
-        if not (corpus / "lexnames").exists():  # Debian leaves it out; it is fixed data
-            (corpus / "lexnames").write_text(
-                "".join(f"{i:02d}\t{n}\t{_LEXCAT[n.split('.')[0]]}\n" for i, n in enumerate(_LEX))
+    wn = open_wordnet(wordnet_dir)
+    icons: dict[str, str] = {}
+    synsets: dict[str, dict] = {}
+    for e in emoji_entries():
+        if _skip(e.name):
+            continue
+        allowed = SUBGROUPS[e.subgroup][1]
+        for cand in _candidates(e.name):
+            hit = next(
+                (s for s in wn.synsets(cand.replace(" ", "_"), "n") if s.lexname() in allowed),
+                None,
             )
-        nltk.data.path.insert(0, tmp)
-        from nltk.corpus.reader.wordnet import WordNetCorpusReader
-
-        wn = WordNetCorpusReader(nltk.data.find("corpora/wordnet"), None)
-        icons: dict[str, str] = {}
-        synsets: dict[str, dict] = {}
-        for e in emoji_entries():
-            if _skip(e.name):
+            if hit is None:
                 continue
-            allowed = SUBGROUPS[e.subgroup][1]
-            for cand in _candidates(e.name):
-                hit = next(
-                    (s for s in wn.synsets(cand.replace(" ", "_"), "n") if s.lexname() in allowed),
-                    None,
-                )
-                if hit is None:
-                    continue
-                icons[e.name] = cand
-                if cand not in synsets:
-                    path = hit.hypernym_paths()[0]
-                    synsets[cand] = {
-                        "synset": hit.name(),
-                        "gloss": hit.definition(),
-                        "lemmas": [lem.replace("_", " ") for lem in hit.lemma_names()],
-                        "hypernyms": [
-                            s.lemma_names()[0].replace("_", " ") for s in reversed(path[:-1])
-                        ],
-                        "hypernym_ids": [s.name() for s in reversed(path[:-1])],
-                    }
-                break
-        for coarse, _ in SUBGROUPS.values():  # coarse labels resolve too where they can
-            if coarse in synsets:
-                continue
-            ss = wn.synsets(coarse.replace(" ", "_"), "n")
-            if ss:
-                s = ss[0]
-                synsets[coarse] = {
-                    "synset": s.name(),
-                    "gloss": s.definition(),
-                    "lemmas": [lem.replace("_", " ") for lem in s.lemma_names()],
+            icons[e.name] = cand
+            if cand not in synsets:
+                path = hit.hypernym_paths()[0]
+                synsets[cand] = {
+                    "synset": hit.name(),
+                    "gloss": hit.definition(),
+                    "lemmas": [lem.replace("_", " ") for lem in hit.lemma_names()],
                     "hypernyms": [
-                        h.lemma_names()[0].replace("_", " ")
-                        for h in reversed(s.hypernym_paths()[0][:-1])
+                        s.lemma_names()[0].replace("_", " ") for s in reversed(path[:-1])
                     ],
-                    "hypernym_ids": [h.name() for h in reversed(s.hypernym_paths()[0][:-1])],
+                    "hypernym_ids": [s.name() for s in reversed(path[:-1])],
                 }
-        data = {
-            "source": "WordNet 3.0 (Princeton; Debian wordnet-base), resolved by "
-            "pipelines/data/iconworld_vocab.py",
-            "icons": dict(sorted(icons.items())),
-            "labels": dict(sorted(synsets.items())),
-        }
+            break
+    for coarse, _ in SUBGROUPS.values():  # coarse labels resolve too where they can
+        if coarse in synsets:
+            continue
+        ss = wn.synsets(coarse.replace(" ", "_"), "n")
+        if ss:
+            s = ss[0]
+            synsets[coarse] = {
+                "synset": s.name(),
+                "gloss": s.definition(),
+                "lemmas": [lem.replace("_", " ") for lem in s.lemma_names()],
+                "hypernyms": [
+                    h.lemma_names()[0].replace("_", " ")
+                    for h in reversed(s.hypernym_paths()[0][:-1])
+                ],
+                "hypernym_ids": [h.name() for h in reversed(s.hypernym_paths()[0][:-1])],
+            }
+    data = {
+        "source": "WordNet 3.0 (Princeton; Debian wordnet-base), resolved by "
+        "pipelines/data/iconworld_vocab.py",
+        "icons": dict(sorted(icons.items())),
+        "labels": dict(sorted(synsets.items())),
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return data
-
-
-_LEX = [
-    "adj.all",
-    "adj.pert",
-    "adv.all",
-    "noun.Tops",
-    "noun.act",
-    "noun.animal",
-    "noun.artifact",
-    "noun.attribute",
-    "noun.body",
-    "noun.cognition",
-    "noun.communication",
-    "noun.event",
-    "noun.feeling",
-    "noun.food",
-    "noun.group",
-    "noun.location",
-    "noun.motive",
-    "noun.object",
-    "noun.person",
-    "noun.phenomenon",
-    "noun.plant",
-    "noun.possession",
-    "noun.process",
-    "noun.quantity",
-    "noun.relation",
-    "noun.shape",
-    "noun.state",
-    "noun.substance",
-    "noun.time",
-    "verb.body",
-    "verb.change",
-    "verb.cognition",
-    "verb.communication",
-    "verb.competition",
-    "verb.consumption",
-    "verb.contact",
-    "verb.creation",
-    "verb.emotion",
-    "verb.motion",
-    "verb.perception",
-    "verb.possession",
-    "verb.social",
-    "verb.stative",
-    "verb.weather",
-    "adj.ppl",
-]
-_LEXCAT = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 
 
 def load_wordnet_file(path: Path = WORDNET_FILE) -> dict:

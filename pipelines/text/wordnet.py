@@ -113,9 +113,10 @@ def _open(src: str):
         return WordNetCorpusReader(str(root), None)
 
 
-def open_wordnet():
-    """An nltk WordNet reader, or :class:`WordNetUnavailable` with the fix in one line."""
-    src = wordnet_dir()
+def open_wordnet(src: Path | None = None):
+    """An nltk WordNet reader on ``src`` (default :func:`wordnet_dir`), or
+    :class:`WordNetUnavailable` with the fix in one line."""
+    src = wordnet_dir() if src is None else Path(src)
     missing = [f for f in NEEDED if not (src / f).exists()]
     if missing:
         raise WordNetUnavailable(
