@@ -418,3 +418,18 @@ def test_recorded_scores_still_load(tiny_workspace: Path):
     assert np.isfinite(
         np.load(params.root / "results/cells/toyworld/random/scores.npz")["scores"]
     ).all()
+
+
+def test_a_tracked_run_leaves_no_tracking_uri_in_the_environment(tmp_path, tiny_params_dict):
+    """mlflow.set_tracking_uri writes $MLFLOW_TRACKING_URI, and the environment wins over
+    params (finding 10): left there, the next workspace of the same process (a Dagster
+    run, a notebook) would track into this one's store."""
+    from pipelines.tracking import mlflow_run
+
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    first = load_params(write_params(tmp_path / "a", tiny_params_dict))
+    with mlflow_run(first, "ovml/probe", "probe", tags={}, run_params={}):
+        pass
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    second = load_params(write_params(tmp_path / "b", tiny_params_dict))
+    assert second.tracking_uri() == f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}"
