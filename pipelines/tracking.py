@@ -129,7 +129,7 @@ def _set_tracking_uri(mlflow: Any, uri: str) -> None:
     params (MLflow's own convention, README): left there, one workspace's URI would leak
     into every later run of the same process (Dagster's, a notebook's, a test session's)."""
     before = os.environ.get("MLFLOW_TRACKING_URI")
-    _set_tracking_uri(mlflow, uri)
+    mlflow.set_tracking_uri(uri)
     if before is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
