@@ -292,7 +292,8 @@ def make_context(
 
 
 def _load_cell_corpus(params: Params, dataset: str, variant: str, kind: str):
-    from pipelines.text.corpora import cell_corpora, load_corpus
+    from pipelines.text.config import cell_corpora
+    from pipelines.text.corpora import load_corpus
 
     names = cell_corpora(params, variant)
     if kind not in names:

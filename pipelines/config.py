@@ -7,6 +7,7 @@ message names the file and the dotted key, so the CLI can print one line, no tra
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pkgutil
@@ -502,10 +503,7 @@ def method_code_deps(name: str) -> tuple[str, ...]:
     ``CODE_DEPS`` must be a literal tuple or list of repo-relative paths."""
     import ast
 
-    if name not in available_methods():
-        raise ConfigError(f"unknown method {name!r} (known: {available_methods()})")
-    path = REPO_ROOT / "pipelines" / "methods" / f"{name}.py"
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    path, tree = _module_ast(name)
     for node in tree.body:
         targets = (
             node.targets
@@ -526,12 +524,19 @@ def method_code_deps(name: str) -> tuple[str, ...]:
 
 
 def _module_ast(name: str):
-    import ast
-
+    """(path, parsed module) of a method file, without importing it; parsed once per
+    version of the file (the graph asks for every cell)."""
     if name not in available_methods():
         raise ConfigError(f"unknown method {name!r} (known: {available_methods()})")
     path = REPO_ROOT / "pipelines" / "methods" / f"{name}.py"
-    return path, ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return path, _parse(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _parse(path: str, mtime_ns: int):
+    import ast
+
+    return ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
 
 
 def method_corpora(name: str) -> dict[str, str]:

@@ -271,7 +271,7 @@ TEXT_CODE = (
 
 
 def _cell_corpora(params: Params, variant: str) -> dict[str, str]:
-    from pipelines.text.corpora import cell_corpora
+    from pipelines.text.config import cell_corpora
 
     return cell_corpora(params, variant)
 

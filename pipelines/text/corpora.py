@@ -567,33 +567,3 @@ def load_corpus(params, dataset: str, name: str):
 def corpus_meta(folder: Path) -> dict[str, Any]:
     path = Path(folder) / META_FILE
     return read_json(path) if path.exists() else {}
-
-
-def cell_corpora(params, variant: str) -> dict[str, str]:
-    """{kind: corpus name} a variant's method may read (checked against params ``corpora:``).
-
-    Computed without importing the method (:func:`pipelines.config.method_corpora`), so
-    the graph, and Dagster's definitions, stay free of torch."""
-    from pipelines.config import ConfigError, method_corpora, split_seed
-
-    var = params.variants[split_seed(variant)[0]]
-    declared = method_corpora(var.method)
-    if not declared:
-        return {}
-    chosen = var.options.get("corpus")
-    wanted = {
-        kind: str(chosen) if chosen is not None and len(declared) == 1 else default
-        for kind, default in declared.items()
-    }
-    for kind, name in wanted.items():
-        if name not in params.corpora:
-            raise ConfigError(
-                f"variants.{variant}: corpus {name!r} is not declared under `corpora:` "
-                f"(known: {sorted(params.corpora)})"
-            )
-        if params.corpora[name].kind != kind:
-            raise ConfigError(
-                f"variants.{variant}: corpus {name!r} is a {params.corpora[name].kind} corpus, "
-                f"but {var.method} reads it as {kind}"
-            )
-    return wanted
