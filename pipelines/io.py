@@ -68,7 +68,8 @@ def owner_tag() -> str:
     return f"{safe_name(socket.gethostname(), max_len=40)}-{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (signal 0)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -96,9 +97,9 @@ def clean_stale_tmp(final: str | os.PathLike[str], *, max_age_s: float = 24 * 36
         if not p.name.startswith(f".{name}."):
             continue
         if m := tagged.match(p.name):
-            stale = m["host"] == host and not _pid_alive(int(m["pid"]))
+            stale = m["host"] == host and not pid_alive(int(m["pid"]))
         elif m := old.match(p.name):
-            stale = not _pid_alive(int(m["pid"]))
+            stale = not pid_alive(int(m["pid"]))
         elif p.name.endswith(".tmp"):
             try:
                 stale = now - p.stat().st_mtime > max_age_s

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import REPO_ROOT, Params
+from pipelines.io import pid_alive
 from pipelines.redact import redact
 
 log = logging.getLogger(__name__)
@@ -182,16 +183,6 @@ def _experiment(params: Params, name: str) -> str:
     )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def mark_killed_runs(client: Any, experiment_id: str) -> list[str]:
     """Mark KILLED the runs of this host left RUNNING by a process that no longer exists."""
     host = socket.gethostname()
@@ -203,7 +194,7 @@ def mark_killed_runs(client: Any, experiment_id: str) -> list[str]:
         pid = tags.get("ovml.pid", "")
         if tags.get("ovml.host") != host or not pid.isdigit() or int(pid) == os.getpid():
             continue
-        if not _pid_alive(int(pid)):
+        if not pid_alive(int(pid)):
             client.set_terminated(run.info.run_id, status="KILLED")
             client.set_tag(run.info.run_id, "killed_reason", f"process {pid} on {host} ended")
             killed.append(run.info.run_id)
