@@ -39,15 +39,22 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
+def _published(tab: Any) -> dict[str, Any]:
+    """published[variant][dataset][task][metric]: the table's own numbers over those of
+    its transcribed paper table (``paper:``, pipelines/published/)."""
+    published = dict(tab.published)
+    if tab.paper is not None:
+        from pipelines.published import published_by_variant
+
+        published = {**published_by_variant(tab.paper), **published}
+    return published
+
+
 def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     tab = params.tables[name]
     if tab.seeds is not None:
         return _seeded_rows(params, name)
-    published = dict(tab.published)
-    if tab.paper is not None:  # the transcribed paper table (pipelines/published/)
-        from pipelines.published import published_by_variant
-
-        published = {**published_by_variant(tab.paper), **published}
+    published = _published(tab)
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     columns: list[str] = []
@@ -75,11 +82,7 @@ def table_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any
 
 def _seeded_rows(params: Params, name: str) -> tuple[list[str], list[dict[str, Any]], list[str]]:
     tab = params.tables[name]
-    published = dict(tab.published)
-    if tab.paper is not None:  # the transcribed paper table (pipelines/published/)
-        from pipelines.published import published_by_variant
-
-        published = {**published_by_variant(tab.paper), **published}
+    published = _published(tab)
     rows: list[dict[str, Any]] = []
     missing: list[str] = []
     columns: list[str] = []

@@ -10,30 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.browser import free_port, wait_ok
 
 
-def _wait_ok(url: str, deadline: float) -> bool:
-    while time.time() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    return False
-
-
-@pytest.mark.slow
 def test_ui_serves_both_and_stops_on_sigint(tiny_workspace, tmp_path):
-    d_port, m_port = _free_port(), _free_port()
+    d_port, m_port = free_port(), free_port()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dh")}
     proc = subprocess.Popen(
         [
@@ -54,8 +37,8 @@ def test_ui_serves_both_and_stops_on_sigint(tiny_workspace, tmp_path):
     )
     try:
         deadline = time.time() + 240
-        assert _wait_ok(f"http://127.0.0.1:{m_port}/", deadline), "MLflow UI did not come up"
-        assert _wait_ok(f"http://127.0.0.1:{d_port}/server_info", deadline), (
+        assert wait_ok(f"http://127.0.0.1:{m_port}/", deadline), "MLflow UI did not come up"
+        assert wait_ok(f"http://127.0.0.1:{d_port}/server_info", deadline), (
             "Dagster UI did not come up"
         )
     finally:
