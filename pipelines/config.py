@@ -191,8 +191,8 @@ class TableConfig(StrictModel):
 class PublishedPair(StrictModel):
     """A paper's numbers for a method and its reference row: [task][metric] -> value."""
 
-    method: dict[Literal["zsl", "gzsl"], dict[str, float]]
-    reference: dict[Literal["zsl", "gzsl"], dict[str, float]]
+    method: dict[Literal["zsl", "gzsl", "all"], dict[str, float]]
+    reference: dict[Literal["zsl", "gzsl", "all"], dict[str, float]]
 
 
 class AgreementPair(StrictModel):

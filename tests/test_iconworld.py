@@ -134,3 +134,31 @@ def test_missing_icon_package_names_it(monkeypatch):
 
 
 PINNED_DIGEST = "04e265cb116225def0c6630a9144562eef4dd0cb572d273aac288ffe6e5f3d1a"
+
+
+def test_the_committed_wordnet_file_is_what_the_builder_writes_under_any_hash_seed(tmp_path):
+    """nltk lists a synset's hypernym paths in set order (PYTHONHASHSEED); the builder
+    must not depend on it, and the committed file must be reproducible from WordNet."""
+    import os
+    import subprocess
+
+    from pipelines.data.iconworld_vocab import WORDNET_FILE
+    from pipelines.text.wordnet import wordnet_dir
+
+    if not (wordnet_dir() / "data.noun").exists():
+        pytest.skip("WordNet (Debian wordnet-base) is not installed here")
+    code = (
+        "import sys; from pathlib import Path; "
+        "from pipelines.data.iconworld_vocab import build_wordnet_file; "
+        "build_wordnet_file(Path(sys.argv[1]), Path(sys.argv[2]))"
+    )
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"wordnet-{seed}.json"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run(
+            [sys.executable, "-c", code, str(wordnet_dir()), str(out)], check=True, env=env
+        )
+        outs.append(out.read_text(encoding="utf-8"))
+    assert outs[0] == outs[1]
+    assert outs[0] == WORDNET_FILE.read_text(encoding="utf-8")

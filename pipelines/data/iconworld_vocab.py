@@ -197,6 +197,16 @@ def _skip(name: str) -> bool:
     )
 
 
+def _hypernym_path(synset) -> list:
+    """One root-to-synset hypernym path, the same on every run.
+
+    A synset with several hypernyms has several paths, and nltk's ``hypernym_paths()``
+    lists them in an order that depends on set iteration (``PYTHONHASHSEED``); the path
+    kept is the lexicographically smallest list of synset names, root first.
+    """
+    return min(synset.hypernym_paths(), key=lambda path: [s.name() for s in path])
+
+
 def build_wordnet_file(wordnet_dir: Path, out: Path = WORDNET_FILE) -> dict:
     """Resolve every kept emoji name to a WordNet noun synset; write the committed file.
 
@@ -226,7 +236,7 @@ def build_wordnet_file(wordnet_dir: Path, out: Path = WORDNET_FILE) -> dict:
                 continue
             icons[e.name] = cand
             if cand not in synsets:
-                path = hit.hypernym_paths()[0]
+                path = _hypernym_path(hit)
                 synsets[cand] = {
                     "synset": hit.name(),
                     "gloss": hit.definition(),
@@ -243,15 +253,13 @@ def build_wordnet_file(wordnet_dir: Path, out: Path = WORDNET_FILE) -> dict:
         ss = wn.synsets(coarse.replace(" ", "_"), "n")
         if ss:
             s = ss[0]
+            path = _hypernym_path(s)
             synsets[coarse] = {
                 "synset": s.name(),
                 "gloss": s.definition(),
                 "lemmas": [lem.replace("_", " ") for lem in s.lemma_names()],
-                "hypernyms": [
-                    h.lemma_names()[0].replace("_", " ")
-                    for h in reversed(s.hypernym_paths()[0][:-1])
-                ],
-                "hypernym_ids": [h.name() for h in reversed(s.hypernym_paths()[0][:-1])],
+                "hypernyms": [h.lemma_names()[0].replace("_", " ") for h in reversed(path[:-1])],
+                "hypernym_ids": [h.name() for h in reversed(path[:-1])],
             }
     data = {
         "source": "WordNet 3.0 (Princeton; Debian wordnet-base), resolved by "
