@@ -85,7 +85,9 @@ class DatasetConfig(StrictModel):
     output folder) or, with ``download:``, from the pipeline's own download stage.
     """
 
-    source: Literal["toyworld", "iconworld", "nus-wide", "open-images-v4", "coco-zsl", "voc2007"]
+    source: Literal[
+        "toyworld", "iconworld", "nus-wide", "open-images-v4", "coco-zsl", "coco", "voc2007"
+    ]
     backbone: str
     options: dict[str, Any] = {}
     release_dir: str | None = None  # real datasets: the official release, as shipped

@@ -78,6 +78,8 @@ def _dataset_code(source: str) -> tuple[str, ...]:
             "pipelines/data/iconworld_vocab.py",
             "pipelines/data/reference_lists/iconworld/wordnet.json",
         )
+    if source == "coco":  # coco_all.py reads the instances files with coco.py's reader
+        extra = ("pipelines/data/coco.py",)
     return (f"pipelines/data/{module}.py", "pipelines/data/prepared.py", *extra)
 
 
