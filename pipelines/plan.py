@@ -85,6 +85,10 @@ def images_needs(params: Params, dataset: str) -> tuple[list[str], list[str]]:
     cfg = params.datasets[dataset]
     if cfg.download is not None:
         return [], ["network access to the image URLs of the prepared manifest"]
+    from pipelines.graph import download_owner
+
+    if (owner := download_owner(params, dataset)) is not None:
+        return [], [f"images downloaded by images@{owner}"]
     if cfg.images:
         path = _abs(params, cfg.images)
         if path.exists():
