@@ -117,3 +117,23 @@ def test_nus_wide_concepts81_is_the_standard_multilabel_set(tmp_path: Path) -> N
     dropped = nus_wide.parse(rel.root, label_set="concepts81", drop_test_no_positive="any")
     kept = dropped.splits["test"].labels
     assert len(kept) and (kept == 1).any(axis=1).all()
+
+
+def test_folder_images_find_coco_files_in_their_split_folders(tmp_path: Path) -> None:
+    """``images:`` may point at the folder the official zips extract into (train2014/ and
+    val2014/ side by side) while image ids are bare COCO file names."""
+    from PIL import Image
+
+    from pipelines.data.images import FolderImages
+
+    names = ["COCO_val2014_000000000042.jpg", "COCO_train2014_000000000009.jpg"]
+    for name, colour in zip(names, ((255, 0, 0), (0, 0, 255)), strict=True):
+        sub = tmp_path / name.split("_")[1]
+        sub.mkdir()
+        Image.new("RGB", (40, 30), colour).save(sub / name)
+    src = FolderImages(tmp_path, np.asarray(names))
+    imgs = src.get([0, 1], 16)
+    assert imgs.shape == (2, 16, 16, 3)
+    assert imgs[0, 8, 8, 0] > 200 and imgs[1, 8, 8, 2] > 200  # each file, not the other
+    with pytest.raises(FileNotFoundError):
+        FolderImages(tmp_path, np.asarray(["COCO_val2014_000000000001.jpg"])).get([0], 16)
