@@ -85,7 +85,9 @@ class DatasetConfig(StrictModel):
     output folder) or, with ``download:``, from the pipeline's own download stage.
     """
 
-    source: Literal["toyworld", "iconworld", "nus-wide", "open-images-v4", "coco-zsl", "voc2007"]
+    source: Literal[
+        "toyworld", "iconworld", "nus-wide", "open-images-v4", "coco-zsl", "coco", "voc2007"
+    ]
     backbone: str
     options: dict[str, Any] = {}
     release_dir: str | None = None  # real datasets: the official release, as shipped
@@ -164,7 +166,8 @@ class TableConfig(StrictModel):
     title: str
     datasets: list[str]
     rows: list[str]  # variant names
-    tasks: list[Literal["zsl", "gzsl", "all"]] = ["zsl", "gzsl"]  # all: see EvalConfig.all_labels
+    # all: see EvalConfig.all_labels; standard: every label seen (pipelines/evaluate.py)
+    tasks: list[Literal["zsl", "gzsl", "all", "standard"]] = ["zsl", "gzsl"]
     metrics: list[str] | None = None  # default: mAP + P/R/F1 at the dataset's K
     published: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     """published[variant][dataset][task][metric] = number printed in the paper."""

@@ -1,7 +1,10 @@
 """Turn a cell's test scores into the metrics.json of DESIGN.md.
 
 ZSL = the unseen columns only; GZSL = seen + unseen; ALL = the dataset's full label set
-(``eval.all_labels``), the task of methods trained on no image (CoMC Tables 1-2). mAP and P/R/F1@K in percent, with
+(``eval.all_labels``), the task of methods trained on no image (CoMC Tables 1-2);
+STANDARD = classic multi-label classification, every label seen in training and scored in
+test (Epsilon Table 4): only a dataset without unseen labels has it (``nus-wide-81``,
+``coco``, ``voc2007``). mAP and P/R/F1@K in percent, with
 the options that change numbers (zero-positive classes, kept images, mAP variant)
 recorded next to them in ``meta.eval``.
 """
@@ -22,7 +25,14 @@ def _is_metric(key: str) -> bool:
 
 def task_columns(n_seen: int, n_labels: int, all_labels: str = "all") -> dict[str, slice]:
     every = slice(n_seen, n_labels) if all_labels == "unseen" else slice(0, n_labels)
-    return {"zsl": slice(n_seen, n_labels), "gzsl": slice(0, n_labels), "all": every}
+    # standard multi-label: all labels seen; a dataset with unseen labels has no such task
+    standard = slice(0, n_labels) if n_seen == n_labels else slice(0, 0)
+    return {
+        "zsl": slice(n_seen, n_labels),
+        "gzsl": slice(0, n_labels),
+        "all": every,
+        "standard": standard,
+    }
 
 
 def evaluate_scores(

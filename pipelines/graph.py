@@ -68,6 +68,22 @@ def _rel(params: Params, kind: str, *parts: str) -> str:
         return str(path)
 
 
+def download_owner(params: Params, dataset: str) -> str | None:
+    """The other dataset entry whose download stage fills this entry's ``images:`` folder
+    (``nus-wide-81`` reads ``data/nus-wide-images``: the same release, another label set),
+    or None."""
+    cfg = params.datasets[dataset]
+    if cfg.download is not None or not cfg.images:
+        return None
+    path = Path(cfg.images)
+    path = (path if path.is_absolute() else params.root / path).resolve()
+    for other, ocfg in params.datasets.items():
+        folder = (params.path("data") / f"{other}-images").resolve()
+        if other != dataset and ocfg.download is not None and folder == path:
+            return other
+    return None
+
+
 def _dataset_code(source: str) -> tuple[str, ...]:
     from pipelines.data import REAL_DATASETS
 
@@ -78,6 +94,8 @@ def _dataset_code(source: str) -> tuple[str, ...]:
             "pipelines/data/iconworld_vocab.py",
             "pipelines/data/reference_lists/iconworld/wordnet.json",
         )
+    if source == "coco":  # coco_all.py reads the instances files with coco.py's reader
+        extra = ("pipelines/data/coco.py",)
     return (f"pipelines/data/{module}.py", "pipelines/data/prepared.py", *extra)
 
 
@@ -128,7 +146,8 @@ def build_graph(params: Params) -> dict[str, Stage]:
 
     def images_stage(ds: str) -> str | None:
         if params.datasets[ds].download is None:
-            return None
+            other = download_owner(params, ds)  # `images:` = another entry's downloads
+            return images_stage(other) if other is not None else None
         return add(
             Stage(
                 "images",

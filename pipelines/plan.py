@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import Params
+from pipelines.config import GENERATED_SOURCES, Params
 from pipelines.graph import Stage, build_graph, is_fresh
 
 # option keys of a variant whose value is a file the method reads
@@ -71,8 +71,8 @@ def weights_needs(params: Params, backbone: str) -> tuple[list[str], list[str]]:
 
 def dataset_needs(params: Params, dataset: str) -> tuple[list[str], list[str]]:
     cfg = params.datasets[dataset]
-    if cfg.source == "toyworld":
-        return [], ["generated (toyworld)"]
+    if cfg.source in GENERATED_SOURCES:
+        return [], [f"generated ({cfg.source})"]
     if cfg.release_dir is None:
         return [f"release folder of {cfg.source} (datasets.{dataset}.release_dir)"], []
     path = _abs(params, cfg.release_dir)
@@ -85,6 +85,10 @@ def images_needs(params: Params, dataset: str) -> tuple[list[str], list[str]]:
     cfg = params.datasets[dataset]
     if cfg.download is not None:
         return [], ["network access to the image URLs of the prepared manifest"]
+    from pipelines.graph import download_owner
+
+    if (owner := download_owner(params, dataset)) is not None:
+        return [], [f"images downloaded by images@{owner}"]
     if cfg.images:
         path = _abs(params, cfg.images)
         if path.exists():
@@ -107,6 +111,8 @@ def variant_needs(params: Params, variant: str) -> tuple[list[str], list[str]]:
                 key = f"{where}.{k}"
                 if isinstance(v, str) and k.endswith("api_key_env"):
                     (has if os.environ.get(v) else need).append(f"API key in ${v} ({key})")
+                elif k == "corpus" and v in params.corpora:
+                    has.append(f"corpus {v} (its own stage: corpus@<dataset>@{v})")
                 elif isinstance(v, str) and any(k == f or k.endswith(f"_{f}") for f in _FILE_KEYS):
                     path = _abs(params, v)
                     (has if path.exists() else need).append(f"file {path} ({key})")
@@ -127,6 +133,10 @@ def cell_needs(params: Params, dataset: str, variant: str) -> list[str]:
         (variant_needs, variant),
     ):
         need += fn(params, arg)[0]
+    from pipelines.text.config import cell_corpora
+
+    for name in cell_corpora(params, variant).values():
+        need += corpus_needs(params, name)[0]
     return need
 
 
@@ -169,11 +179,11 @@ def table_plans(params: Params) -> list[TablePlan]:
         if tab.paper:
             pub = published_table(tab.paper)
             for r in pub.rows:
-                names = [r.variant_for(ds) for ds in pub.datasets]
-                if all(v is None for v in names):
+                names = [v for ds in pub.datasets for v in r.variants_on(ds, pub.tasks())]
+                if not names:
                     only += 1
                 for v in names:
-                    if v is not None and v not in params.variants:
+                    if v not in params.variants:
                         pending[v] = None
         plans.append(TablePlan(name, tab.paper, params.table_cells(name), list(pending), only))
     return plans
@@ -194,4 +204,18 @@ def _stage_needs(params: Params, st: Stage) -> tuple[list[str], list[str]]:
         return [], [f"pre-trained here on {params.backbones[st.key[0]].pretrain.dataset}"]  # type: ignore[union-attr]
     if st.kind == "cell":
         return variant_needs(params, st.key[1])
+    if st.kind == "corpus":
+        return corpus_needs(params, st.key[1])
     return [], []
+
+
+def corpus_needs(params: Params, name: str) -> tuple[list[str], list[str]]:
+    """An LLM corpus written through an endpoint needs its API key (and its server)."""
+    provider = params.corpora[name].provider
+    if provider.kind == "offline":
+        return [], [f"offline answers ({provider.model})"]
+    where = provider.base_url or "api.openai.com"
+    has = [f"LLM {provider.model} at {where} (corpora.{name}.provider)"]
+    if os.environ.get(provider.api_key_env):
+        return [], [*has, f"API key in ${provider.api_key_env}"]
+    return [f"API key in ${provider.api_key_env} (corpora.{name}.provider.api_key_env)"], has

@@ -104,8 +104,12 @@ def evaluate_cell(
             except (FileNotFoundError, KeyError):
                 loaded = None
         if pub is None or loaded is None:
-            for task in ("zsl", "gzsl"):
-                for metric, v in stored.get(task, {}).items():
+            tasks = [t for t in stored if t != "meta" and isinstance(stored[t], dict)]
+            blocks = {t: t for t in tasks}
+            if pub is not None:  # stored metrics under the paper's task names
+                blocks.update({t: pub.protocol.block_for(dataset, t) for t in pub.tasks()})
+            for task, block in blocks.items():
+                for metric, v in stored.get(block, {}).items():
                     res.values.setdefault((task, metric), []).append(float(v))
         else:
             scores, labels, n_seen, _ = loaded
@@ -113,6 +117,8 @@ def evaluate_cell(
             for task in pub.tasks():
                 block = proto.block_for(dataset, task)
                 cols = slice(n_seen, None) if block == "zsl" else slice(0, None)
+                if block == "standard" and n_seen < labels.shape[1]:
+                    continue  # unseen labels: not the standard multi-label task
                 s, y = scores[:, cols], labels[:, cols]
                 if y.shape[1] == 0:
                     continue
@@ -305,8 +311,8 @@ def build_table(
         for prow in pub.rows:
             nums = pub.row_numbers(prow)
             for ds, pd in pairs:
-                variant = matched.get(prow.row) if analogue else prow.variant_for(pd)
                 for task in tasks:
+                    variant = matched.get(prow.row) if analogue else prow.variant_for(pd, task)
                     if nums and not any(d == pd and t == task for d, t, _ in nums):
                         continue  # the paper prints nothing for this dataset and task
                     published = {m: v for (d, t, m), v in nums.items() if d == pd and t == task}
@@ -331,7 +337,7 @@ def build_table(
         for ds, variant in params.table_cells(name):
             if (ds, variant) in used or variant in tab.match:
                 continue
-            if real and any(prow.variant_for(ds) == variant for prow in pub.rows):  # type: ignore[union-attr]
+            if real and any(variant in prow.variants_on(ds, tasks) for prow in pub.rows):  # type: ignore[union-attr]
                 continue
             ev = cell(ds, variant)
             for task in tasks:

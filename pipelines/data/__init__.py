@@ -1,7 +1,7 @@
 """Datasets: one module per dataset, plus the prepared-dataset contract (prepared.py).
 
 ``prepare_dataset(source, release_dir, out_dir, **options)`` dispatches to the module of
-a real dataset (nus_wide, open_images, coco, voc); toyworld is generated, not prepared.
+a real dataset (nus_wide, open_images, coco, coco_all, voc); toyworld is generated, not prepared.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ REAL_DATASETS = {
     "nus-wide": "nus_wide",
     "open-images-v4": "open_images",
     "coco-zsl": "coco",
+    "coco": "coco_all",
     "voc2007": "voc",
 }
 

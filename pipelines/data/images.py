@@ -62,6 +62,7 @@ class FolderImages:
     def __init__(self, root: Path, image_ids: np.ndarray):
         self.root = Path(root).resolve()
         self.image_ids = image_ids
+        self._names: dict[str, Path] | None = None
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -70,7 +71,21 @@ class FolderImages:
         path = (self.root / image_id).resolve()
         if not path.is_relative_to(self.root):
             raise ValueError(f"image id {image_id!r} escapes the image folder {self.root}")
+        if "/" not in image_id and not path.exists():
+            return self._by_name().get(image_id, path)
         return path
+
+    def _by_name(self) -> dict[str, Path]:
+        """Files one folder down, by name, for ids that are bare file names (COCO's
+        ``COCO_val2014_….jpg`` under ``val2014/``, as the official zips extract); listed
+        once, on the first id not found directly under the root."""
+        if self._names is None:
+            names: dict[str, Path] = {}
+            for sub in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                for f in sub.iterdir():
+                    names.setdefault(f.name, f)
+            self._names = names
+        return self._names
 
     def get(self, indices: Sequence[int], size: int) -> np.ndarray:
         out = np.empty((len(indices), size, size, 3), dtype=np.uint8)

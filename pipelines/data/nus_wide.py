@@ -24,6 +24,9 @@ Conventions (recorded in meta.json):
 * image_id = the Imagelist path with '/' separators (``actor/0001_2124494179.jpg``). BiAM's
   test_img_names (shared/data/nus-wide/test_images_107859.txt) flatten it to
   ``actor_0001_2124494179.jpg``: ``image_id.replace("/", "_")``.
+* ``label_set="concepts81"``: the standard multi-label setting (Epsilon Table 4, from LESA /
+  BiAM): the 81 concepts are the only labels, all *seen*, ±1 from the ground truth on train
+  and test rows alike (the tags are not read). Dataset entry ``nus-wide-81``.
 * Nothing is dropped by default. Methods differ (RCNn/QKS/ZS-SDL drop test images without a
   positive label per task; BiAM/MKT keep them): meta.json counts images without a seen / an
   unseen / any positive, and ``drop_test_no_positive`` can apply a drop at preparation time.
@@ -62,6 +65,7 @@ from pipelines.data.splits import (
 )
 
 NAME = "nus-wide"
+LABEL_SETS = ("zsl", "concepts81")  # 925 seen + 81 unseen; or the 81 concepts, all seen
 URL_FIELDS = ("URL_Large", "URL_Middle", "URL_Original", "URL_Small")
 MANIFEST_SCHEMA = {"image_id": pl.Utf8, "url": pl.Utf8, "md5": pl.Utf8, "split": pl.Utf8}
 
@@ -95,6 +99,7 @@ def prepare(
     drop_train_no_positive: bool = False,
     url_preference: Sequence[str] = URL_FIELDS,
     check_reference: bool = True,
+    label_set: str = "zsl",
 ) -> PreparedDataset:
     """Parse a NUS-WIDE release and save the prepared dataset to ``out_dir`` (atomically).
 
@@ -110,6 +115,9 @@ def prepare(
         url_preference: URL columns to try, in order, for the manifest url.
         check_reference: require the derived seen/unseen lists to equal the field's standard
             925/81 lists (shared/data/nus-wide); turn off only for a modified release.
+        label_set: "zsl" (default: 925 seen tags + 81 unseen concepts) or "concepts81" (the
+            81 concepts as the only, seen, labels with train ground truth: standard
+            multi-label classification, Epsilon Table 4).
     """
     release_dir = Path(release_dir)
     ds = parse(
@@ -120,6 +128,7 @@ def prepare(
         drop_train_no_positive=drop_train_no_positive,
         url_preference=url_preference,
         check_reference=check_reference,
+        label_set=label_set,
     )
     ds.save(out_dir)
     return ds
@@ -134,9 +143,18 @@ def parse(
     drop_train_no_positive: bool = False,
     url_preference: Sequence[str] = URL_FIELDS,
     check_reference: bool = True,
+    label_set: str = "zsl",
 ) -> PreparedDataset:
     """Everything :func:`prepare` does except writing."""
     check_drop_choice(drop_test_no_positive)
+    if label_set not in LABEL_SETS:
+        raise ValueError(f"label_set must be one of {LABEL_SETS}, not {label_set!r}")
+    standard = label_set == "concepts81"
+    if standard and drop_test_no_positive == "unseen":
+        raise ValueError(
+            "label_set='concepts81' has no unseen labels: drop_test_no_positive "
+            "can be 'none' or 'any'"
+        )
     if drop_missing and images_dir is None:
         raise ValueError("drop_missing needs images_dir (where the downloaded images are)")
     bad_fields = [f for f in url_preference if f not in URL_FIELDS]
@@ -185,13 +203,16 @@ def parse(
         sources[key] = source_info(p, root)
 
     # ---------------------------------------------------------------- tags (seen labels)
-    alltags_path = find_file(root, ALLTAGS, "NUS_WID_Tags/AllTags1k.txt")
-    tag_matrix = parse_01_rows(
-        alltags_path, n_all, len(tags), what="tag", rows_source=all_path.name
-    )
-    seen_pm = tag_matrix[:, seen_cols].astype(np.int8) * 2 - 1
-    del tag_matrix
-    sources["alltags"] = source_info(alltags_path, root)
+    if standard:  # the 81 concepts only: no tag is a label
+        seen_pm = np.zeros((n_all, 0), dtype=np.int8)
+    else:
+        alltags_path = find_file(root, ALLTAGS, "NUS_WID_Tags/AllTags1k.txt")
+        tag_matrix = parse_01_rows(
+            alltags_path, n_all, len(tags), what="tag", rows_source=all_path.name
+        )
+        seen_pm = tag_matrix[:, seen_cols].astype(np.int8) * 2 - 1
+        del tag_matrix
+        sources["alltags"] = source_info(alltags_path, root)
 
     # ---------------------------------------------------------------- ground truth (unseen)
     label_dir = find_dir(root, LABEL_DIRS)
@@ -238,10 +259,13 @@ def parse(
         sources["urls"] = source_info(url_path, root)
 
     # ---------------------------------------------------------------- assemble
-    n_seen, n_unseen = len(seen), len(concepts)
-    train_labels = np.concatenate(
-        [seen_pm[train_rows], np.zeros((len(train_rows), n_unseen), dtype=np.int8)], axis=1
-    )
+    if standard:  # the 81 concepts become the seen block, known on train rows too
+        seen, seen_pm, unseen_pm, concepts = concepts, unseen_pm, seen_pm, []
+        train_unseen = unseen_pm[train_rows]
+    else:
+        train_unseen = np.zeros((len(train_rows), len(concepts)), dtype=np.int8)
+    n_seen = len(seen)
+    train_labels = np.concatenate([seen_pm[train_rows], train_unseen], axis=1)
     test_labels = np.concatenate([seen_pm[test_rows], unseen_pm[test_rows]], axis=1)
     del seen_pm, unseen_pm
 
@@ -249,6 +273,7 @@ def parse(
         "release": str(root),
         "sources": sources,
         "conventions": {
+            "label_set": label_set,
             "label_order": "925 seen (TagList1k order) then 81 unseen (Concepts81 order), as "
             "BiAM/MKT/RCNn/QKS; LESA put the 81 first",
             "seen_labels": "NUS_WID_Tags/AllTags1k.txt (user tags): present +1, absent -1",
@@ -265,6 +290,12 @@ def parse(
         "n_images_in_neither_split": n_all - len(train_rows) - len(test_rows),
         "urls": url_stats,
     }
+    if standard:
+        meta["conventions"].update(
+            label_order="the 81 concepts (Concepts81 order), all seen; no unseen block",
+            seen_labels="Groundtruth/AllLabels (human ground truth): +1/-1 on train and test",
+            unseen_labels="none",
+        )
 
     train_ids = np.asarray([all_ids[i] for i in train_rows], dtype=str)
     test_ids = np.asarray([all_ids[i] for i in test_rows], dtype=str)

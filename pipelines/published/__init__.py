@@ -9,7 +9,8 @@ re-reads those lines and checks every number.
 
 A row's ``variant`` names the variant of params.yaml / params.real.yaml that reproduces
 it (a string: the same variant on every dataset of the table; a mapping: one per
-dataset). A row without one is *published only* (a baseline nobody implements here). A
+dataset, or per ``dataset:task`` where each column of a row is another cell, as CoMC
+Table 3's k-shot columns). A row without one is *published only* (a baseline nobody implements here). A
 row whose variant is not declared yet is *pending*: it attaches as soon as a helper adds
 a variant of that name. ``kind: figure`` marks numbers that exist only as an image in the
 markdown ("published: figure only"): ours are still computed and drawn.
@@ -45,8 +46,9 @@ class Protocol(_Strict):
     keep_images: Literal["all", "with_positive"] = "all"
     map_variant: MapVariant | dict[str, MapVariant] = "per_class"
     top_k: list[int] = [3, 5]
-    blocks: dict[str, Literal["zsl", "gzsl"]] = {}
-    """task -> metrics.json block (default: zsl -> zsl, everything else -> gzsl)."""
+    blocks: dict[str, Literal["zsl", "gzsl", "standard"]] = {}
+    """task -> metrics.json block (default: zsl -> zsl, standard -> standard, everything
+    else -> gzsl). ``standard`` = every column, on a dataset without unseen labels."""
     note: str = ""
 
     def map_for(self, dataset: str) -> MapVariant:
@@ -59,7 +61,7 @@ class Protocol(_Strict):
 
 
 def _default_block(task: str) -> str:
-    return "zsl" if task == "zsl" else "gzsl"
+    return task if task in ("zsl", "standard") else "gzsl"
 
 
 class Sweep(_Strict):
@@ -77,10 +79,19 @@ class PublishedRow(_Strict):
     variant: str | dict[str, str] | None = None
     note: str = ""
 
-    def variant_for(self, dataset: str) -> str | None:
+    def variant_for(self, dataset: str, task: str | None = None) -> str | None:
+        """The variant of this row on ``dataset`` (and ``task``: a ``dataset:task`` key
+        wins over the ``dataset`` key)."""
         if isinstance(self.variant, dict):
+            if task is not None and f"{dataset}:{task}" in self.variant:
+                return self.variant[f"{dataset}:{task}"]
             return self.variant.get(dataset)
         return self.variant
+
+    def variants_on(self, dataset: str, tasks: list[str]) -> list[str]:
+        """Every variant this row names on ``dataset``, over ``tasks``, without repeats."""
+        names = [self.variant_for(dataset, t) for t in [None, *tasks]]
+        return list(dict.fromkeys(v for v in names if v is not None))
 
 
 class PublishedTable(_Strict):
@@ -130,7 +141,7 @@ class PublishedTable(_Strict):
         out: dict[tuple[str, str], None] = {}
         for r in self.rows:
             for ds in self.datasets:
-                if (v := r.variant_for(ds)) is not None:
+                for v in r.variants_on(ds, self.tasks()):
                     out[(ds, v)] = None
         if self.sweep is not None:
             for v in self.sweep.rows:
@@ -195,7 +206,7 @@ def published_by_variant(ref: str) -> dict[str, dict[str, dict[str, dict[str, fl
     out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     for row in tab.rows:
         for (ds, task, metric), v in tab.row_numbers(row).items():
-            variant = row.variant_for(ds)
+            variant = row.variant_for(ds, task)
             if variant is not None and v is not None:
                 out.setdefault(variant, {}).setdefault(ds, {}).setdefault(task, {})[metric] = v
     return out
