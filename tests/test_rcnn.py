@@ -310,3 +310,37 @@ def test_hierarchy_pairs_from_the_knowledge_contract():
     }
     names = ["animal", "cat", "pet"]
     assert rcnn.hierarchy_pairs(knowledge, names) == [(1, 0), (1, 2)]
+
+
+def test_published_rows_and_iconworld_table_name_declared_variants():
+    """One name for one row: every variant RCNn's published tables name is declared in
+    params.yaml (Table 3 row 3 was `rcnn-no-mssa` there and `rcnn-cnr-pbl` here), and the
+    iconworld ablation / agreement pair name the iconworld variants of the same rows."""
+    from pathlib import Path
+
+    from pipelines.config import load_params
+    from pipelines.published import load_paper
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    named = {
+        v
+        for tab in load_paper("rcnn").tables.values()
+        for _, v in tab.variants()
+        if v.startswith("rcnn")  # other papers' rows (clip_ft, comc-rn50) are not RCNn's
+    }
+    assert {"rcnn-baseline", "rcnn-cnr", "rcnn-cnr-pbl", "rcnn"} <= named
+    assert named <= set(params.variants), named - set(params.variants)
+    table = params.tables["iconworld-rcnn-ablation"]
+    assert table.seeds == [0, 1, 2] and table.rows[1:] == [
+        "rcnn-icon-baseline",
+        "rcnn-icon-cnr",
+        "rcnn-icon-cnr-pbl",
+        "rcnn-icon",
+    ]
+    for row in table.rows[1:]:
+        assert params.variants[row].method == "rcnn"
+    icon, toy = params.variants["rcnn-icon"], params.variants["rcnn"]
+    assert icon.model_dump(exclude={"description"}) == toy.model_dump(exclude={"description"})
+    pair = params.agreement["iconworld"].pairs["rcnn"]
+    assert (pair.method, pair.reference) == ("rcnn-icon", "rcnn-icon-baseline")
+    assert pair.published.method["zsl"]["mAP"] == 53.3
