@@ -310,3 +310,42 @@ def test_hierarchy_pairs_from_the_knowledge_contract():
     }
     names = ["animal", "cat", "pet"]
     assert rcnn.hierarchy_pairs(knowledge, names) == [(1, 0), (1, 2)]
+
+
+def test_published_rows_and_iconworld_table_name_declared_variants():
+    """One name for one row: every variant RCNn's published tables name is declared in
+    the real grid (Table 3 row 3 was once `rcnn-no-mssa` in one file and `rcnn-cnr-pbl` in
+    another), and the iconworld ablation / agreement pair name the iconworld variants of
+    the same rows."""
+    from pathlib import Path
+
+    from pipelines.config import load_params
+    from pipelines.published import load_paper
+
+    root = Path(__file__).resolve().parents[1]
+    params = load_params(root / "params.yaml")
+    real = load_params(root / "params.real.yaml")
+    named = {
+        v
+        for tab in load_paper("rcnn").tables.values()
+        for _, v in tab.variants()
+        if v.startswith("rcnn")  # other papers' rows (clip_ft, comc-rn50) are not RCNn's
+    }
+    steps = ("baseline", "cnr", "cnr-pbl")
+    for ds in ("coco", "nus-wide"):  # Table 3's four rows on both of its datasets
+        assert {f"rcnn-{ds}", *(f"rcnn-{ds}-{s}" for s in steps)} <= named
+    assert named <= set(real.variants), named - set(real.variants)
+    table = params.tables["iconworld-rcnn-ablation"]
+    assert table.seeds == [0, 1, 2] and table.rows[1:] == [
+        "rcnn-icon-baseline",
+        "rcnn-icon-cnr",
+        "rcnn-icon-cnr-pbl",
+        "rcnn-icon",
+    ]
+    for row in table.rows[1:]:
+        assert params.variants[row].method == "rcnn"
+    icon, toy = params.variants["rcnn-icon"], params.variants["rcnn"]
+    assert icon.model_dump(exclude={"description"}) == toy.model_dump(exclude={"description"})
+    pair = params.agreement["iconworld"].pairs["rcnn"]
+    assert (pair.method, pair.reference) == ("rcnn-icon", "rcnn-icon-baseline")
+    assert pair.published.method["zsl"]["mAP"] == 53.3

@@ -122,6 +122,143 @@ def test_offline_answers_are_deterministic_and_use_the_knowledge(workspace):
     assert "small" not in top  # frequent everywhere is not "related"
 
 
+def test_description_sentences_read_like_an_llm():
+    d = P.description_sentence
+    assert d("monkey", "attribute", "Black and brown") == "a monkey, which is black and brown."
+    assert d("bicycle", "attribute", "Two wheels") == "a bicycle, which has two wheels."
+    assert (
+        d("battery", "attribute", "May have several cells")
+        == "a battery, which may have several cells."
+    )
+    assert d("battery", "superclass", "objects") == "a battery, which is a kind of object."
+    assert (
+        d("monkey", "superclass", "animals and nature")
+        == "a monkey, which belongs to animals and nature."
+    )
+    assert d("orca", "superclass", "mammal") == "an orca, which is a kind of mammal."
+    assert d("objects", "subclass", "battery") == "a battery, which is a kind of object."
+    assert (
+        d("objects", "attribute", "Often white or grey")
+        == "objects, which are often white or grey."
+    )
+    assert (
+        d("mammal", "attribute", "Such as a dog or a whale")
+        == "a mammal, such as a dog or a whale."
+    )
+    assert (
+        d("sky", "attribute", "often seen with a bird")
+        == "the sky, which is often seen with a bird."
+    )
+    assert (
+        d("bicycle", "scene", "City Street - urban setting with shops")
+        == "a bicycle, which appears together with the city street, urban setting with shops."
+    )
+    assert P.chain_sentence("poodle", "dog", "mammal") == (
+        "a poodle, which is a kind of dog, which is a kind of mammal."
+    )
+    assert [P.singular(x) for x in ("objects", "activities", "glass", "food and drink")] == [
+        "object",
+        "activity",
+        "glass",
+        "food and drink",
+    ]
+
+
+def _iconlike_knowledge():
+    """A hand-made knowledge in iconworld's shape: WordNet glosses, icon colours, Unicode
+    group labels (plural names), backgrounds as scenes."""
+    from pipelines.text.knowledge import Knowledge, LabelKnowledge, _derive
+
+    names = ["monkey", "dog", "battery", "mammal", "animal", "objects", "grass", "forest"]
+    L = LabelKnowledge
+    labels = {
+        "monkey": L(
+            parents=["mammal", "animal"],
+            gloss="any of various long-tailed primates (excluding the prosimians)",
+            hypernyms=["primate", "mammal", "animal", "organism", "whole", "entity"],
+            attributes=["black", "brown"],
+            scenes=["grass", "forest"],
+        ),
+        "dog": L(
+            parents=["mammal", "animal"],
+            keywords=["domestic dog", "face"],
+            gloss="a member of the genus Canis",
+            attributes=["yellow"],
+            scenes=["grass"],
+        ),
+        "battery": L(
+            parents=["objects"],
+            gloss="a device that produces electricity; may have several cells",
+            hypernyms=["device", "artifact", "whole", "object", "entity"],
+            attributes=["white"],
+        ),
+        "mammal": L(parents=["animal"]),
+        "animal": L(),
+        "objects": L(),
+        "grass": L(),
+        "forest": L(),
+    }
+    cooc = np.array(
+        [  # monkey dog battery mammal animal objects grass forest
+            [20, 8, 1, 20, 20, 1, 12, 8],
+            [8, 20, 1, 20, 20, 1, 15, 5],
+            [1, 1, 20, 2, 2, 20, 6, 6],
+            [20, 20, 2, 40, 40, 2, 27, 13],
+            [20, 20, 2, 40, 40, 2, 27, 13],
+            [1, 1, 20, 2, 2, 20, 6, 6],
+            [12, 15, 6, 27, 27, 6, 40, 0],
+            [8, 5, 6, 13, 13, 6, 0, 40],
+        ],
+        dtype=float,
+    )
+    _derive(labels, names, cooc)
+    return Knowledge(names, labels, cooc, "test")
+
+
+def test_offline_descriptions_of_iconworld_like_knowledge():
+    from pipelines.text.offline import OfflineLLM
+
+    llm = OfflineLLM(_iconlike_knowledge())
+    rng = np.random.default_rng(0)
+
+    def sentences(label, kind, n=5):
+        return [
+            P.description_sentence(label, kind, x)
+            for x in P.parse_list(llm.describe(kind, label, n, rng))
+        ]
+
+    monkey = sentences("monkey", "attribute")
+    assert "a monkey, which is black and brown." in monkey
+    assert "a monkey, which is any of various long-tailed primates." in monkey  # gloss, no "(...)"
+    assert "a dog, which is also called a domestic dog." in sentences("dog", "attribute")
+    battery = sentences("battery", "attribute")
+    assert "a battery, which may have several cells." in battery
+    sup = sentences("monkey", "superclass")
+    assert sup[:2] == [
+        "a monkey, which is a kind of mammal.",
+        "a monkey, which is a kind of animal.",
+    ]
+    assert "a monkey, which is a kind of primate." in sup
+    assert not any(w in s for s in sup for w in ("kind of entity", "kind of whole"))
+    assert sentences("battery", "superclass")[0] == "a battery, which is a kind of object."
+    assert "objects, such as a battery." in sentences("objects", "attribute")
+    assert "a mammal, such as a monkey or a dog." in sentences("mammal", "attribute")
+    scenes = sentences("monkey", "scene")
+    assert scenes[0].startswith("a monkey, which appears together with the grass")
+    assert all("mammal" not in s and "animal" not in s for s in scenes)  # not its own hierarchy
+    assert all(
+        s.startswith("grass, which appears together with the ") for s in sentences("grass", "scene")
+    )
+    every = [
+        s for lab in llm.k.names for kind in P.DESCRIPTION_PROMPTS for s in sentences(lab, kind)
+    ]
+    assert not any(
+        bad in s
+        for s in every
+        for bad in (" an objects", " a objects", "which has black", "an animals")
+    )
+
+
 # -------------------------------------------------------------------------- the stage
 def test_three_corpora_build_with_the_documented_schemas(workspace, tmp_path):
     params = fresh(workspace, tmp_path)
@@ -145,8 +282,8 @@ def test_three_corpora_build_with_the_documented_schemas(workspace, tmp_path):
     desc, meta = build(params, "class-descriptions")
     assert set(desc["type"].unique()) == {"attribute", "subclass", "superclass", "scene", "chain"}
     fish = desc.filter(pl.col("label") == "fish")
-    assert "a fish, which is an animal." in fish["text"].to_list()
-    assert any("which appears together with the Water" in t for t in fish["text"])
+    assert "a fish, which is a kind of animal." in fish["text"].to_list()
+    assert any("which appears together with the water" in t for t in fish["text"])
     rcnn = json.loads(
         (params.path("data") / "corpora/toyworld/class-descriptions/descriptions.json").read_text()
     )

@@ -82,6 +82,7 @@ def run_prompts(
     """Answer every job (cache first), parse, re-ask unparsable answers with a new
     sampling seed up to ``reask`` times. Returns {job id: parsed} and the statistics."""
     cfg = provider.config
+    model = getattr(provider, "cache_model", cfg.model)  # offline: versioned answers
     stats = RunStats()
     results: dict[str, Any] = {}
     pending = list(jobs)
@@ -96,7 +97,7 @@ def run_prompts(
                 cfg.max_tokens,
                 request_seed(seed, job.id, attempt),
             )
-            reqs[req.key(cfg.kind, cfg.model)] = (job, req)
+            reqs[req.key(cfg.kind, model)] = (job, req)
         stats.requests += len(reqs)
         missing = [(k, r) for k, (_, r) in reqs.items() if cache.get(k) is None]
         stats.cache_hits += len(reqs) - len(missing)
@@ -109,7 +110,7 @@ def run_prompts(
                 leave=False,
             )
             for key, completion in provider.complete_many(missing):
-                cache.put(key, cfg.kind, cfg.model, reqs[key][1], completion)
+                cache.put(key, cfg.kind, model, reqs[key][1], completion)
                 stats.fetched += 1
                 bar.update(1)
             bar.close()
@@ -261,8 +262,7 @@ def build_class_descriptions(
                         "label_id": j,
                         "type": "chain",
                         "item": f"{child} > {parent}",
-                        "text": f"{P.a_an(child)} {P.lower_first(child)}, which is "
-                        f"{P.a_an(name)} {name}, which is {P.a_an(parent)} {P.lower_first(parent)}.",
+                        "text": P.chain_sentence(child, name, parent),
                     }
                 )
     df = pl.DataFrame(

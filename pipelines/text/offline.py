@@ -13,13 +13,33 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 
 import numpy as np
 
 from pipelines.text import prompts as P
 from pipelines.text.knowledge import Knowledge
 
+VERSION = 2  # part of the response-cache key: a changed answer is asked for again
 REFUSAL_RATE = 0.02
+# the top of WordNet's noun hierarchy: no LLM lists these as "broader categories"
+TOO_GENERAL = frozenset(
+    {
+        "entity",
+        "physical entity",
+        "abstraction",
+        "abstract entity",
+        "whole",
+        "object",
+        "instrumentality",
+        "causal agent",
+        "matter",
+        "thing",
+        "unit",
+        "group",
+        "relation",
+    }
+)
 MODIFIER_GROUPS = {"colour", "color", "pattern", "size", "attribute", "adjective"}
 _PREAMBLES = (
     "",
@@ -64,6 +84,7 @@ class OfflineLLM:
         mean = (c.sum(axis=0) / max(1, len(c) - 1))[None, :]
         self._lift = np.where(mean > 0, c / np.maximum(mean, 1e-12), 0.0)
         self._index = knowledge.index()
+        self._given_scenes = {s for lk in knowledge.labels.values() for s in lk.scenes}
 
     # ------------------------------------------------------------------ entry
     def answer(self, messages: list[dict[str, str]], temperature: float, seed: int | None) -> str:
@@ -122,30 +143,25 @@ class OfflineLLM:
         lk = self.k.labels.get(label)
         if lk is None:
             return f"I'm sorry, I don't know what a {label} is."
+        np_label = P.noun_phrase(label)
         if kind == "attribute":
-            items = list(lk.attributes) or (
-                [f"the typical look of {article(lk.hypernyms[0])} {lk.hypernyms[0]}"]
-                if lk.hypernyms
-                else [f"the usual appearance of {article(label)} {label}"]
-            )
-            head = f"Here are some visual features that help identify {article(label)} {label}:"
+            items = self._features(label)
+            head = f"Here are some visual features that help identify {np_label}:"
         elif kind == "subclass":
             items = list(lk.children)
             if not items:
                 return f"There are no common subcategories of {label}; it is already a specific category."
             head = f"Here are some kinds of {label}:"
         elif kind == "superclass":
-            items = list(dict.fromkeys([*lk.parents, *lk.hypernyms]))
+            items = self._broader(label, n)
             if not items:
                 return f"{label.capitalize()} is a very general category; there are no broader categories to list."
-            head = f"{article(label).capitalize()} {label} belongs to these broader categories:"
+            head = f"{np_label[0].upper() + np_label[1:]} belongs to these broader categories:"
         else:  # scene
-            items = [self._scene_item(label, s) for s in lk.scenes]
+            items = self._scenes(label, n)
             if not items:
-                items = [
-                    f"Everyday Scene - a typical setting where {article(label)} {label} is seen"
-                ]
-            head = f"Typical scenes for {article(label)} {label}:"
+                items = [f"Everyday Scene - where {np_label} is usually seen"]
+            head = f"Typical scenes for {np_label}:"
         if kind != "superclass" and len(items) > n:
             items = [items[i] for i in sorted(rng.choice(len(items), n, replace=False))]
         items = items[:n]
@@ -155,13 +171,162 @@ class OfflineLLM:
         )
         return f"{head}\n\n{body}"
 
-    def _scene_item(self, label: str, scene: str) -> str:
-        sk = self.k.labels.get(scene)
-        detail = (
-            ", ".join(sk.attributes[:2]) if sk and sk.attributes else (sk.gloss if sk else None)
-        )
-        detail = detail or f"where {article(label)} {label} is often seen"
-        return f"{scene.title()} - {detail}"
+    # What the answers are made of: an LLM's world knowledge, here the dataset's knowledge.
+    def _ancestors(self, label: str) -> set[str]:
+        out, todo = set(), list(self.k.labels[label].parents)
+        while todo:
+            p = todo.pop()
+            if p not in out and p in self.k.labels:
+                out.add(p)
+                todo.extend(self.k.labels[p].parents)
+        return out
+
+    def _descendants(self, label: str) -> set[str]:
+        out, todo = set(), list(self.k.labels[label].children)
+        while todo:
+            c = todo.pop()
+            if c not in out and c in self.k.labels:
+                out.add(c)
+                todo.extend(self.k.labels[c].children)
+        return out
+
+    def _is_setting(self, name: str) -> bool:
+        """A background / place label (toyworld: group 'scene'; iconworld: the labels that
+        are nobody's parent or child and sit in other labels' scene lists)."""
+        lk = self.k.labels.get(name)
+        if lk is None:
+            return False
+        if (lk.group or "").lower() == "scene":
+            return True
+        return not lk.parents and not lk.children and name in self._given_scenes
+
+    def _partners(self, label: str, k: int) -> list[str]:
+        """Objects seen with ``label`` more often than with an average label (lift), not
+        in its own hierarchy, not a setting, not a coarse group; strongest first."""
+        i = self._index.get(label)
+        if i is None:
+            return []
+        skip = {label} | self._ancestors(label) | self._descendants(label)
+        cand = [
+            j
+            for j in np.argsort(-self._lift[i], kind="stable")
+            if self._lift[i, j] > 1.0
+            and self._cond[i, j] >= 0.02
+            and self.k.names[j] not in skip
+            and not self._is_setting(self.k.names[j])
+            and not self.k.labels[self.k.names[j]].children
+            and (self.k.labels[self.k.names[j]].group or "").lower() not in MODIFIER_GROUPS
+        ]
+        return [self.k.names[j] for j in cand[:k]]
+
+    def _features(self, label: str) -> list[str]:
+        """Visual features: colours ("black and brown"), the definition, other names, and
+        for a coarse class its members' colours and examples."""
+        lk = self.k.labels[label]
+        plural = P.is_plural(label)
+        colours = [a for a in lk.attributes if a.lower() in P.COLOUR_WORDS]
+        others = [a for a in lk.attributes if a.lower() not in P.COLOUR_WORDS]
+        items: list[str] = []
+        if colours:
+            items.append(P.join_names(colours[:2]))
+            if len(colours) > 2:
+                items.append(f"sometimes {colours[2]} as well")
+        items += others
+        if lk.gloss:
+            gloss = re.sub(r"\s*\([^)]*\)", "", lk.gloss).strip()
+            first, *rest = [g.strip() for g in gloss.split(";") if g.strip()]
+            be = "are" if plural else "is"
+            items.append(first if first.split()[0] in ("is", "are") else f"{be} {first}")
+            items += [r for r in rest[:1] if len(r.split()) <= 14]
+        synonyms = [w for w in lk.keywords if " " in w and w.lower() != label.lower()]
+        items += [f"also called {P.noun_phrase(w)}" for w in synonyms[:2]]
+        members = [c for c in lk.children if c in self.k.labels]
+        if members:
+            pooled = Counter(
+                a
+                for c in sorted(self._descendants(label))
+                for a in self.k.labels[c].attributes
+                if a.lower() in P.COLOUR_WORDS
+            )
+            if pooled:
+                top = [c for c, _ in pooled.most_common(3)]
+                items.append(
+                    "often " + ", ".join(top[:-1]) + " or " + top[-1]
+                    if len(top) > 1
+                    else f"often {top[0]}"
+                )
+            examples = [P.noun_phrase(c) for c in members[:3]]
+            items.append(
+                "such as "
+                + (
+                    ", ".join(examples[:-1]) + " or " + examples[-1]
+                    if len(examples) > 1
+                    else examples[0]
+                )
+            )
+        if not items:
+            partners = self._partners(label, 2)
+            items = (
+                [f"often seen with {P.join_names([P.noun_phrase(x) for x in partners])}"]
+                if partners
+                else [f"what {P.noun_phrase(label)} usually looks like"]
+            )
+        return items
+
+    def _broader(self, label: str, n: int) -> list[str]:
+        """Broader categories, most specific first: the label-space parents in the order
+        of the WordNet hypernym path (subgroups before groups), then the remaining
+        hypernyms, without the top of WordNet ("entity", "whole")."""
+        lk = self.k.labels[label]
+        depth = {p: len(self._ancestors(p)) if p in self.k.labels else 0 for p in lk.parents}
+        rank = {h: i for i, h in enumerate(lk.hypernyms)}
+        parents = sorted(lk.parents, key=lambda p: (-depth[p], rank.get(p, len(rank))))
+        path = [h for h in lk.hypernyms if h not in TOO_GENERAL]
+        merged = [m for m in dict.fromkeys([*parents, *path]) if m != label]
+        return merged[: max(n, len(lk.parents))]
+
+    def _scenes(self, label: str, n: int) -> list[str]:
+        """'Grass - often next to a dog and a banana': the settings the class is seen in
+        (its preferred ones, else the most frequent by co-occurrence) and the objects it
+        co-occurs with (lift)."""
+        lk = self.k.labels[label]
+        related = self._ancestors(label) | self._descendants(label)
+        settings = [s for s in lk.scenes if self._is_setting(s) and s != label]
+        i = self._index.get(label)
+        if not settings and i is not None:
+            order = np.argsort(-self.k.cooccurrence[i], kind="stable")
+            settings = [
+                self.k.names[j]
+                for j in order
+                if self.k.cooccurrence[i, j] > 0
+                and self._is_setting(self.k.names[j])
+                and self.k.names[j] != label
+            ][:3]
+        objects = [
+            s
+            for s in lk.scenes
+            if s in self.k.labels
+            and not self._is_setting(s)
+            and not self.k.labels[s].children
+            and s not in related
+            and s != label
+        ]
+        partners = list(dict.fromkeys([*objects, *self._partners(label, 2 * max(1, n))]))
+        if self._is_setting(label):  # a place: what is seen there
+            return [f"{p.title()} - often seen there" for p in partners[:n]]
+        be = "are" if P.is_plural(label) else "is"
+        items = []
+        for k, s in enumerate(settings[:n]):
+            near = partners[2 * k : 2 * k + 2]
+            desc = (
+                f"often next to {P.join_names([P.noun_phrase(x) for x in near])}"
+                if near
+                else f"where {P.noun_phrase(label)} {be} often seen"
+            )
+            items.append(f"{s.title()} - {desc}")
+        if not items and partners:
+            items = [f"{p.title()} - seen close to {P.noun_phrase(label)}" for p in partners[:n]]
+        return items
 
     # --------------------------------------------------------------- relations
     def relations(self, new: str, seen: list[str], rng: np.random.Generator) -> str:

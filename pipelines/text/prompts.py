@@ -99,20 +99,178 @@ def lower_first(item: str) -> str:
     return item if item[1:2].isupper() else item[:1].lower() + item[1:]
 
 
+# Nouns a speaker uses without an article ("grass", "water") or with "the" ("the sky").
+MASS_NOUNS = frozenset(
+    {"grass", "water", "snow", "sand", "ice", "rain", "fire", "money", "clothing", "food"}
+)
+DEFINITE_NOUNS = frozenset({"sky", "night", "sun", "moon", "sea", "ocean"})
+COLOUR_WORDS = frozenset(
+    [
+        "black",
+        "white",
+        "grey",
+        "gray",
+        "red",
+        "orange",
+        "yellow",
+        "green",
+        "blue",
+        "purple",
+        "pink",
+        "brown",
+        "beige",
+        "gold",
+        "silver",
+        "dark",
+        "light",
+        "pale",
+        "bright",
+    ]
+)
+_NOT_PLURAL = ("ss", "us", "is", "ics")  # glass, cactus, tennis, physics
+
+
+def is_plural(name: str) -> bool:
+    """'objects', 'animals and nature', 'glasses': a name that takes 'are'."""
+    head = name.lower().split(" and ")[0].split()[-1] if name.strip() else ""
+    return " and " in name.lower() or (head.endswith("s") and not head.endswith(_NOT_PLURAL))
+
+
+def singular(name: str) -> str:
+    """'objects' -> 'object', 'activities' -> 'activity'; 'X and Y' and other names stay."""
+    if " and " in name or not is_plural(name):
+        return name
+    if name.endswith("ies"):
+        return name[:-3] + "y"
+    if name.endswith(("ches", "shes", "sses", "xes")):
+        return name[:-2]
+    return name[:-1]
+
+
+def noun_phrase(name: str) -> str:
+    """'monkey' -> 'a monkey', 'orca' -> 'an orca', 'objects' -> 'objects', 'grass' ->
+    'grass', 'sky' -> 'the sky' (acronyms keep their case)."""
+    name = lower_first(name.strip())
+    last = name.lower().split()[-1] if name else ""
+    if is_plural(name) or name.lower() in MASS_NOUNS or last in MASS_NOUNS:
+        return name
+    if name.lower() in DEFINITE_NOUNS:
+        return f"the {name}"
+    return f"{a_an(name)} {name}"
+
+
+def kind_of(parent: str, plural_subject: bool = False) -> str:
+    """The hierarchy clause: 'is a kind of mammal', 'is a kind of object' (singular of a
+    plural group name), 'belongs to animals and nature' (a group that has no singular)."""
+    parent = lower_first(parent.strip())
+    if " and " in parent:
+        return f"{'belong' if plural_subject else 'belongs'} to {parent}"
+    return f"{'are kinds' if plural_subject else 'is a kind'} of {singular(parent)}"
+
+
+def _which(name: str) -> tuple[str, str, str]:
+    """(subject phrase, 'is'/'are', 'has'/'have') for a class name."""
+    plural = is_plural(name)
+    return noun_phrase(name), ("are" if plural else "is"), ("have" if plural else "has")
+
+
+_IS_STARTS = frozenset(
+    [
+        "any",
+        "one",
+        "one's",
+        "also",
+        "often",
+        "usually",
+        "mostly",
+        "typically",
+        "generally",
+        "commonly",
+        "sometimes",
+        "small",
+        "large",
+        "tiny",
+        "big",
+        "round",
+        "flat",
+        "long",
+        "short",
+        "tall",
+    ]
+)
+_VERB_STARTS = frozenset(
+    [
+        "may",
+        "can",
+        "might",
+        "could",
+        "looks",
+        "look",
+        "appears",
+        "appear",
+        "shows",
+        "show",
+        "carries",
+        "carry",
+        "lives",
+        "live",
+        "grows",
+        "grow",
+        "moves",
+        "move",
+    ]
+)
+
+
+def attribute_clause(item: str, plural_subject: bool = False) -> str:
+    """'black and brown' -> 'is black and brown'; 'a long tail' / 'four legs' -> 'has ...';
+    'may have several cells' -> 'may have several cells'; 'such as a dog' stays."""
+    item = lower_first(item.strip().rstrip(".:;,").strip())
+    words = re.findall(r"[a-z']+", item.lower())
+    be, have = ("are", "have") if plural_subject else ("is", "has")
+    if not words:
+        return f"{have} {item}"
+    if item.lower().startswith(("such as", "for example", "including")):
+        return item
+    if words[0] in _VERB_STARTS or words[0] in {"is", "are", "has", "have"}:
+        return item
+    colourish = all(w in COLOUR_WORDS or w in {"and", "or", "in", "colour", "color"} for w in words)
+    if colourish or words[0] in _IS_STARTS or words[-1] in {"colour", "color", "coloured"}:
+        return f"{be} {item}"
+    return f"{have} {item}"
+
+
 def description_sentence(label: str, kind: str, item: str) -> str:
-    """RCNn's sentence shapes (see ../shared/data/coco/rcnn_llm_descriptions_65.json)."""
-    if kind != "scene":
-        item = lower_first(item)
+    """RCNn's sentence shapes (../shared/data/coco/rcnn_llm_descriptions_65.json: "a X,
+    which is a Y.", "a X, which has Z.", "a X, which appears together with the S ..."),
+    with the articles, agreement and singular group names an LLM would write."""
+    subject, _, _ = _which(label)
+    plural = is_plural(label)
     if kind == "subclass":
-        return f"{a_an(item)} {item}, which is {a_an(label)} {label}."
+        item = lower_first(item)
+        return f"{noun_phrase(item)}, which {kind_of(label, is_plural(item))}."
     if kind == "superclass":
-        return f"{a_an(label)} {label}, which is {a_an(item)} {item}."
-    if kind == "attribute":  # "which is round" / "which has four legs"
-        verb = "is" if len(item.split()) == 1 else "has"
-        return f"{a_an(label)} {label}, which {verb} {item}."
-    if kind == "scene":
-        return f"{a_an(label)} {label}, which appears together with the {item}."
+        return f"{subject}, which {kind_of(item, plural)}."
+    if kind == "attribute":
+        clause = attribute_clause(item, plural)
+        sep = ", " if clause.startswith(("such as", "for example", "including")) else ", which "
+        return f"{subject}{sep}{clause}."
+    if kind == "scene":  # "Scene Name - short description"
+        name, _, desc = (x.strip() for x in item.partition(" - "))
+        name = " ".join(w if w.isupper() else w.lower() for w in name.split())
+        verb = "appear" if plural else "appears"
+        desc = lower_first(desc.rstrip(".")) if desc else ""
+        return f"{subject}, which {verb} together with the {name}" + (f", {desc}." if desc else ".")
     raise ValueError(kind)
+
+
+def chain_sentence(child: str, label: str, parent: str) -> str:
+    """'a poodle, which is a kind of dog, which is a kind of mammal.'"""
+    child = lower_first(child)
+    return (
+        f"{noun_phrase(child)}, which {kind_of(label, is_plural(child))}, "
+        f"which {kind_of(parent, is_plural(label))}."
+    )
 
 
 # ------------------------------------------------------------------- category-relations

@@ -41,10 +41,12 @@ def approx_tokens(text: str) -> int:
 
 class OfflineProvider:
     def __init__(self, config: ProviderConfig, knowledge: Knowledge):
-        from pipelines.text.offline import OfflineLLM
+        from pipelines.text.offline import VERSION, OfflineLLM
 
         self.config = config
         self.llm = OfflineLLM(knowledge)
+        # the response-cache key's model: a new version of the offline answers is asked again
+        self.cache_model = f"{config.model}@v{VERSION}"
         self.faults: Counter[str] = Counter()
 
     def complete(self, request: ChatRequest) -> Completion:
