@@ -159,6 +159,22 @@ def demo(
         _print_table(p, t)
     for a in p.demo_agreement:
         _print_agreement(p, a)
+    _print_other_agreements(p)
+
+
+def _print_other_agreements(params: Params) -> None:
+    """One line per agreement set the demo did not run: how to get it, and what it costs."""
+    from pipelines.config import seeded
+
+    for name, cfg in params.agreement.items():
+        if name in params.demo_agreement:
+            continue
+        cells = {seeded(v, s) for v in cfg.variants() for s in cfg.seeds}
+        out.print(
+            f"[dim]more: `ovml agreement {name}` also compares "
+            f"{', '.join(cfg.pairs)} ({len(cells)} cells over seeds {cfg.seeds}; the demo "
+            "reuses the ones it has)[/dim]"
+        )
 
 
 def _print_agreement(params: Params, name: str) -> None:
