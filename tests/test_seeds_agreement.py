@@ -150,3 +150,28 @@ def test_agreement_config_errors_name_the_key(tmp_path):
     bad["demo"]["pairs"]["m"]["reference"] = "nope"
     with pytest.raises(ConfigError, match="agreement.demo: unknown variant 'nope'"):
         _params(tmp_path, agreement=bad)
+
+
+def test_agreement_on_the_all_labels_task_and_the_demo_names_the_sets_it_skips(tmp_path, capsys):
+    """CoMC's pair compares the "all labels" task (every label novel, CoMC Table 1); an
+    agreement set the demo does not run is named with its cost, not silently dropped."""
+    from pipelines.cli import _print_other_agreements
+
+    agreement = copy.deepcopy(AGREEMENT)
+    agreement["demo"]["pairs"]["m"]["published"] = {
+        "method": {"all": {"mAP": 48.2}},
+        "reference": {"all": {"mAP": 36.4}},
+    }
+    p = _params(tmp_path, agreement=agreement)
+    for s, m in zip((0, 1, 2), (20.0, 21.0, 22.0), strict=True):
+        for variant, v in (("random", m), ("clip_zeroshot-single", 10.0), ("clip_zeroshot", 9.0)):
+            folder = p.path("results") / "cells" / "toyworld" / f"{variant}@s{s}"
+            write_json(folder / "metrics.json", {"zsl": {}, "gzsl": {}, "all": {"mAP": v}})
+    rows, summary = agreement_rows(p, "demo")
+    assert [(r["task"], r["metric"], r["agrees"]) for r in rows] == [("ALL", "mAP", True)]
+    assert summary[0]["agree"] == 1 and summary[0]["of"] == 1
+    _print_other_agreements(p)  # params without demo_agreement: every set is "more"
+    said = capsys.readouterr().out
+    assert (
+        "ovml agreement demo" in said and "9 cells" in said
+    )  # method, reference, baseline x 3 seeds
