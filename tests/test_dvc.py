@@ -1,5 +1,6 @@
 """DVC: `dvc repro` runs the graph; a second repro does nothing; changing one variant's
-parameter reruns only that cell and the table. Runs the real dvc (an isolated uv tool)."""
+parameter reruns only that cell and the table, and changing a corpus's size only the corpus
+and what reads it. Runs the real dvc (an isolated uv tool)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,18 @@ def _repro(ws: Path) -> list[str]:
 def test_dvc_repro_is_incremental(tmp_path):
     ws = tmp_path / "ws"
     params = dict(TINY_PARAMS, tracking={"enabled": False})
+    # a corpus stage and its one consumer, so that a corpus change is seen to rerun only them
+    params["corpora"] = {"comc-sentences": {"kind": "comc-sentences", "n_sentences": 200}}
+    params["variants"] = {
+        **TINY_PARAMS["variants"],
+        "comc": {"method": "comc", "epochs": 2, "threads": 1},
+    }
+    params["tables"] = {
+        "tiny": {
+            **TINY_PARAMS["tables"]["tiny"],
+            "rows": [*TINY_PARAMS["tables"]["tiny"]["rows"], "comc"],
+        }
+    }
     write_params(ws, params)
     (ws / "pipelines").symlink_to(REPO / "pipelines")  # code deps are repo-relative paths
     (ws / "dvc.yaml").write_text(dvc_yaml(load_params(ws / "params.yaml")))
@@ -63,3 +76,13 @@ def test_dvc_repro_is_incremental(tmp_path):
         "table__tiny",
     ]
     assert (ws / "results/cells/toyworld/clip_zeroshot-single/metrics.json").exists()
+
+    raw["corpora"]["comc-sentences"]["n_sentences"] = 260  # the corpus and what reads it
+    (ws / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    assert sorted(_repro(ws)) == [
+        "cell__toyworld__comc",
+        "corpus__toyworld__comc-sentences",
+        "report__all",
+        "table__tiny",
+    ]
+    assert _repro(ws) == []
