@@ -19,7 +19,6 @@ C2SRT_TINY = {
     "method": "c2srt",
     "n_related": 3,
     "heads": 2,
-    "hidden": 32,
     "max_patches": 4,
     "relations": "similarity",
     "encoder_lr_scale": 0.1,
