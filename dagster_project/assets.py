@@ -2,7 +2,8 @@
 stage the CLI and dvc.yaml run and describes it with the same stage record.
 
 Asset keys: dataset/<ds>, backbone/<bb>, features/<ds>/<bb>, corpus/<ds>/<name>,
-cells/<ds> (partitioned by variant), table/<name>. Each asset's code_version is its stage fingerprint, so the UI
+relations/<ds>/<bb>/<graph> (C2SRT's category graph), cells/<ds> (partitioned by variant),
+table/<name>. Each asset's code_version is its stage fingerprint, so the UI
 marks assets whose params or code changed; a materialisation of a fresh stage reuses
 the files on disk unless run config says ``force: true``.
 

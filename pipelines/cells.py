@@ -288,6 +288,7 @@ def make_context(
         progress=progress,
         load_corpus=lambda kind: _load_cell_corpus(params, dataset, variant, kind),
         feature_dir=feat_dir,
+        load_relations=lambda: _load_cell_relations(params, dataset, variant, ds),
     )
 
 
@@ -299,6 +300,12 @@ def _load_cell_corpus(params: Params, dataset: str, variant: str, kind: str):
     if kind not in names:
         raise KeyError(f"{variant} declares no {kind!r} corpus (it reads {sorted(names)})")
     return load_corpus(params, dataset, names[kind])
+
+
+def _load_cell_relations(params: Params, dataset: str, variant: str, ds: PreparedDataset):
+    from pipelines.relations import load_cell_relations
+
+    return load_cell_relations(params, dataset, variant, ds.label_space.names())
 
 
 def _restrict_to_featurised(ds: PreparedDataset, feat_dir: Path) -> PreparedDataset:
@@ -522,6 +529,10 @@ def run_stage(
         from pipelines.text.corpora import build_corpus
 
         return build_corpus(params, *stage.key, progress=progress)
+    if stage.kind == "relations":
+        from pipelines.relations import build_relations
+
+        return build_relations(params, *stage.key, progress=progress)
     if stage.kind == "cell":
         return run_cell(params, *stage.key, progress=progress, from_scratch=from_scratch)
     if stage.kind == "table":

@@ -7,6 +7,7 @@ Stage kinds (and their output folders):
     backbone  <models>/<backbone>/                   only for backbones the pipeline pre-trains
     features  <features>/<dataset>/<backbone>/       frozen-backbone feature cache
     corpus    <data>/corpora/<dataset>/<name>/       LLM text corpus (pipelines/text), if a cell reads it
+    relations <data>/relations/<dataset>/<backbone>/<graph>/  C2SRT's category graph (pipelines/relations.py)
     cell      <results>/cells/<dataset>/<variant>/   metrics.json, scores.npz, model weights
     table     <results>/tables/<table>/              table.md/.csv/.json and a plot
     agreement <results>/agreement/<name>/            method vs its paper's reference row
@@ -31,6 +32,7 @@ import yaml
 
 from pipelines.config import REPO_ROOT, Params, method_code_deps, seeded, split_seed
 from pipelines.io import is_main_process, read_json, write_json
+from pipelines.relations import RELATIONS_CODE
 
 STAMP = ".ovml-stage.json"
 LIBRARY_CODE: tuple[str, ...] = ()  # shared helpers are not deps: editing them reruns nothing
@@ -192,6 +194,23 @@ def build_graph(params: Params) -> dict[str, Stage]:
             )
         )
 
+    def relations_stage(ds: str, bb: str, spec) -> str:
+        ups = [dataset_stage(ds)]
+        if (b := backbone_stage(bb)) is not None:
+            ups.append(b)
+        if spec.source == "llm":
+            ups.append(corpus_stage(ds, spec.corpus))
+        return add(
+            Stage(
+                "relations",
+                (ds, bb, spec.name),
+                tuple(ups),
+                _rel(params, "data", "relations", ds, bb, spec.name),
+                (f"backbones.{bb}.model", f"backbones.{bb}.weights"),
+                (*LIBRARY_CODE, *RELATIONS_CODE),
+            )
+        )
+
     for name, corpus in params.corpora.items():  # corpora asked for by name
         for ds in corpus.datasets:
             if ds not in params.datasets:
@@ -209,6 +228,8 @@ def build_graph(params: Params) -> dict[str, Stage]:
         base, seed = split_seed(var)  # a seeded cell (qks@s1) reads its own seed, not `seed`
         method = params.variants[base].method
         ups += [corpus_stage(ds, name) for name in _cell_corpora(params, base).values()]
+        if (rel := _cell_relations(params, base)) is not None:  # one graph, shared by cells
+            ups.append(relations_stage(ds, bb, rel))
         add(
             Stage(
                 "cell",
@@ -293,6 +314,12 @@ def _cell_corpora(params: Params, variant: str) -> dict[str, str]:
     from pipelines.text.config import cell_corpora
 
     return cell_corpora(params, variant)
+
+
+def _cell_relations(params: Params, variant: str):
+    from pipelines.relations import cell_relations
+
+    return cell_relations(params, variant)
 
 
 def _method_code(method: str) -> tuple[str, ...]:

@@ -200,6 +200,8 @@ def _stage_needs(params: Params, st: Stage) -> tuple[list[str], list[str]]:
             return n1, h1
         n2, h2 = images_needs(params, st.key[0])
         return n1 + n2, h1 + h2
+    if st.kind == "relations":  # the label text embeddings rank and tie-break the graph
+        return weights_needs(params, st.key[1])
     if st.kind == "backbone":
         return [], [f"pre-trained here on {params.backbones[st.key[0]].pretrain.dataset}"]  # type: ignore[union-attr]
     if st.kind == "cell":

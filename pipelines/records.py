@@ -102,6 +102,10 @@ def stage_metadata(root: Path, kind: str, out: str) -> dict[str, Any]:
         from pipelines.text import dagster_metadata
 
         meta.update(dagster_metadata(folder, lambda text: {"type": "md", "value": text}))
+    elif kind == "relations" and folder.is_dir():
+        from pipelines.relations import stage_metadata as relations_metadata
+
+        meta.update(relations_metadata(folder))
     elif kind == "cell":
         m = _read(folder / "metrics.json")
         for task in ("zsl", "gzsl"):

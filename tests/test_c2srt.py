@@ -187,6 +187,27 @@ def test_ist_uses_gatv2conv_and_only_listed_neighbours(tmp_path):
     assert not torch.allclose(out[:, 3], out2[:, 3])
 
 
+def test_ist_vlp_init_starts_at_the_vlp_matching():
+    """ist_init 'vlp': before training, with one image feature for every label (no ISR),
+    IST returns ELU(f_G) for every label whatever its text or neighbours, so the scores rank
+    labels as cos(ELU(f_G), f_txt); 'random' does not."""
+    torch.manual_seed(0)
+    d, c = 16, 5
+    edges = torch.tensor([[0, 1, 2, 3, 1], [1, 2, 3, 4, 0]])
+    f_g = F.normalize(torch.randn(3, d), dim=-1)
+    f_img, f_txt = f_g.unsqueeze(1).expand(-1, c, -1), F.normalize(torch.randn(c, d), dim=-1)
+    out = c2srt.IST(d, d, 2, 2, self_loops=True, dropout=0.0, init="vlp").eval()(
+        f_img, f_txt, edges
+    )
+    assert torch.allclose(out, F.elu(f_g).unsqueeze(1).expand(-1, c, -1), atol=1e-6)
+    rnd = c2srt.IST(d, d, 2, 2, self_loops=True, dropout=0.0, init="random").eval()
+    assert not torch.allclose(rnd(f_img, f_txt, edges), out, atol=1e-3)
+    with pytest.raises(ValueError, match="hidden: null"):
+        c2srt.Config(hidden=64).check_backbone(128)
+    c2srt.Config(hidden=64, ist_init="random").check_backbone(128)
+    c2srt.Config(hidden=64, ist=False).check_backbone(128)
+
+
 def test_distillation_drives_f_g_to_the_teacher(tmp_path):
     """A perturbed student tower trained with distillation moves back towards the cached
     teacher features; without distillation (lambda = 0) it does not get as close."""
@@ -223,22 +244,22 @@ def test_distillation_drives_f_g_to_the_teacher(tmp_path):
     assert with_dist < 0.5 * without
 
 
-def test_fit_predict_with_llm_graph_writes_the_graph(tmp_path):
+def test_fit_predict_with_llm_graph(tmp_path):
+    """Without a graph stage (no ``load_relations``) the method builds the graph in memory;
+    the cell folder never holds a graph of its own (tests/test_relations.py: the stage)."""
     ctx = fake_context(tmp_path)
     s, c = len(SEEN), len(SEEN) + len(UNSEEN)
     ctx.load_corpus = lambda kind: _corpus(c, s)
     method = c2srt.C2SRT(_cfg(relations="llm", train={"epochs": 1}))
-    assert method.corpora() == {"category-relations": "category-relations"}
-    assert c2srt.C2SRT(_cfg(relations="random")).corpora() == {}
+    assert method.corpora() == {}  # the corpus is the graph stage's input, not the cell's
     summary = method.fit(ctx)
     scores = method.predict(ctx)
     assert scores.shape == (len(ctx.test_labels), c) and np.isfinite(scores).all()
     assert np.abs(scores).max() <= 1.0 + 1e-5  # cosine scores (Eq. 10)
     assert summary["modules"] == {"dist": True, "isr": True, "ist": True}
     assert summary["relation_graph"]["in_degree_histogram"] == {"3": c}
-    assert (tmp_path / "relation-graph.npz").exists()
-    meta = json.loads((tmp_path / "relation-graph.json").read_text())
-    assert meta["n_edges"] == 3 * c
+    assert summary["relation_graph"]["n_edges"] == 3 * c
+    assert not list(tmp_path.rglob("relation-graph.*"))
     state = method.state_dict()
     assert any(k.startswith("tower.") for k in state) and any(k.startswith("ist.") for k in state)
 

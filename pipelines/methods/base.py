@@ -71,6 +71,7 @@ class CellContext:
     progress: bool = True
     load_corpus: Callable[[str], Any] | None = None  # kind -> polars DataFrame (pipelines/text)
     feature_dir: Path | None = None  # the plain feature cache <features>/<dataset>/<backbone>/
+    load_relations: Callable[[], Any] | None = None  # the cell's relation-graph stage (C2SRT)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ lazy views
@@ -102,6 +103,15 @@ class CellContext:
                 raise RuntimeError(f"{self.variant}: this cell was given no corpora")
             self._cache[key] = self.load_corpus(kind)
         return self._cache[key]
+
+    def relations(self) -> dict[str, Any] | None:
+        """The relation graph stage this cell reads (pipelines/relations.py ``load_graph``),
+        or None when the cell was given none (tests, direct use)."""
+        if self.load_relations is None:
+            return None
+        if "relations" not in self._cache:
+            self._cache["relations"] = self.load_relations()
+        return self._cache["relations"]
 
     @property
     def n_seen(self) -> int:
