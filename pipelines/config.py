@@ -535,6 +535,19 @@ def _module_ast(name: str):
     return path, _parse(str(path), path.stat().st_mtime_ns)
 
 
+def module_constants(tree) -> dict[str, object]:
+    """``NAME = <literal>`` assignments at a parsed module's top level (read with ``ast``)."""
+    import ast
+
+    consts: dict[str, object] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant):
+                consts[target.id] = node.value.value
+    return consts
+
+
 @functools.lru_cache(maxsize=64)
 def _parse(path: str, mtime_ns: int):
     import ast
@@ -553,12 +566,7 @@ def method_corpora(name: str) -> dict[str, str]:
     import ast
 
     path, tree = _module_ast(name)
-    consts: dict[str, object] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-            if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant):
-                consts[target.id] = node.value.value
+    consts = module_constants(tree)
 
     def value(expr: ast.expr) -> object:
         if isinstance(expr, ast.Name) and expr.id in consts:

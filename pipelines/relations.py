@@ -92,15 +92,10 @@ def _config_defaults(method: str) -> dict[str, Any]:
     """Literal defaults of the method's ``Config`` fields, read with ``ast`` (no import)."""
     import ast
 
-    from pipelines.config import ConfigError, _module_ast
+    from pipelines.config import ConfigError, _module_ast, module_constants
 
     path, tree = _module_ast(method)
-    consts: dict[str, object] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-            if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant):
-                consts[target.id] = node.value.value
+    consts = module_constants(tree)
     out: dict[str, Any] = {}
     for cls in (n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Config"):
         for node in cls.body:
