@@ -118,6 +118,7 @@ def cell_relations(params, variant: str) -> RelationSpec | None:
     """The relation graph a cell's variant reads (None when its method reads none, or
     when ``ist`` is off). Raises :class:`pipelines.config.ConfigError` on a bad option."""
     from pipelines.config import ConfigError, split_seed
+    from pipelines.text.config import require_corpus
 
     base = split_seed(variant)[0]
     var = params.variants[base]
@@ -135,16 +136,8 @@ def cell_relations(params, variant: str) -> RelationSpec | None:
     if source != "llm":
         return RelationSpec(source, n)
     corpus = str(opts.get("corpus") or RELATIONS_KIND)
-    if corpus not in params.corpora:
-        raise ConfigError(
-            f"variants.{base}: corpus {corpus!r} is not declared under `corpora:` "
-            f"(known: {sorted(params.corpora)})"
-        )
-    if params.corpora[corpus].kind != RELATIONS_KIND:
-        raise ConfigError(
-            f"variants.{base}: corpus {corpus!r} is a {params.corpora[corpus].kind} corpus; "
-            f"relations 'llm' reads a {RELATIONS_KIND} corpus"
-        )
+    mismatch = f"; relations 'llm' reads a {RELATIONS_KIND} corpus"
+    require_corpus(params, base, corpus, RELATIONS_KIND, mismatch)
     return RelationSpec("llm", n, corpus)
 
 

@@ -106,7 +106,7 @@ def cell_corpora(params, variant: str) -> dict[str, str]:
 
     Computed without importing the method (:func:`pipelines.config.method_corpora`), so
     the graph, and Dagster's definitions, stay free of torch."""
-    from pipelines.config import ConfigError, method_corpora, split_seed
+    from pipelines.config import method_corpora, split_seed
 
     var = params.variants[split_seed(variant)[0]]
     declared = method_corpora(var.method)
@@ -118,14 +118,22 @@ def cell_corpora(params, variant: str) -> dict[str, str]:
         for kind, default in declared.items()
     }
     for kind, name in wanted.items():
-        if name not in params.corpora:
-            raise ConfigError(
-                f"variants.{variant}: corpus {name!r} is not declared under `corpora:` "
-                f"(known: {sorted(params.corpora)})"
-            )
-        if params.corpora[name].kind != kind:
-            raise ConfigError(
-                f"variants.{variant}: corpus {name!r} is a {params.corpora[name].kind} corpus, "
-                f"but {var.method} reads it as {kind}"
-            )
+        require_corpus(params, variant, name, kind, f", but {var.method} reads it as {kind}")
     return wanted
+
+
+def require_corpus(params, variant: str, name: str, kind: str, mismatch: str) -> None:
+    """ConfigError unless corpus ``name`` is declared under ``corpora:`` with ``kind``;
+    ``mismatch`` ends the message when the kind differs (who reads it, as what)."""
+    from pipelines.config import ConfigError
+
+    if name not in params.corpora:
+        raise ConfigError(
+            f"variants.{variant}: corpus {name!r} is not declared under `corpora:` "
+            f"(known: {sorted(params.corpora)})"
+        )
+    if params.corpora[name].kind != kind:
+        raise ConfigError(
+            f"variants.{variant}: corpus {name!r} is a {params.corpora[name].kind} corpus"
+            + mismatch
+        )
