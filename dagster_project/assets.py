@@ -67,9 +67,9 @@ def run_stage_in_child(
         "--params",
         params_path,
         "--dagster-run-id",
-        context.run_id,
+        context.run.run_id,
         "--dagster-run-url",
-        dagster_run_url(context.run_id),
+        dagster_run_url(context.run.run_id),
     ]
     env = {
         **os.environ,
@@ -101,8 +101,8 @@ def run_table_in_process(
 
     fp = fingerprint(params, graph, stage.name)
     with (
-        dagster_run(context.run_id, dagster_run_url(context.run_id)),
-        stage_view("dagster", context.run_id),
+        dagster_run(context.run.run_id, dagster_run_url(context.run.run_id)),
+        stage_view("dagster", context.run.run_id),
     ):
         render_table(params, *stage.key)
         write_stamp(params, graph, stage.name, fp)
@@ -219,7 +219,7 @@ def _images_asset(params: Params, graph: dict[str, Stage], stage: Stage) -> dg.A
         out = download_dataset_images(p, dataset, chunk, progress=False)
         g = build_graph(p)
         if (out / "summary.json").exists():
-            write_stamp(p, g, stage.name, view="dagster", run_id=context.run_id)
+            write_stamp(p, g, stage.name, view="dagster", run_id=context.run.run_id)
         summary = summarize_ledger(out / f"chunk-{chunk:04d}").to_dict()
         meta = {f"n_{k}": int(v) for k, v in summary["counts"].items() if v}
         meta["fraction_available"] = float(summary.get("fraction_available", 0.0))

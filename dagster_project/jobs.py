@@ -51,8 +51,8 @@ def demo_job(params: Params) -> dg.JobDefinition:
 
         try:
             with (
-                dagster_run(context.run_id, dagster_run_url(context.run_id)),
-                stage_view("dagster", context.run_id),
+                dagster_run(context.run.run_id, dagster_run_url(context.run.run_id)),
+                stage_view("dagster", context.run.run_id),
             ):
                 run_stages(
                     p,

@@ -1,6 +1,6 @@
 """ovml: the command line. Every command reads params.yaml (or --params FILE).
 
-ovml demo                   the main job: every demo table on toyworld, printed
+ovml demo                   the main job: the demo tables (iconworld) and agreement, printed
 ovml run DATASET VARIANT    one cell (and whatever it needs)
 ovml table NAME             one table (and its cells)
 ovml agreement [NAME]       each method vs its paper's reference row, over seeds
@@ -147,7 +147,8 @@ def demo(
     params: ParamsOpt = DEFAULT_PARAMS,
     force: Annotated[bool, typer.Option(help="recompute even fresh stages")] = False,
 ) -> None:
-    """The main job: build toyworld, pre-train the tiny CLIP, run every demo table's cells."""
+    """The main job: build the embedded dataset (iconworld), pre-train its tiny CLIP, run and
+    print the demo tables (``demo_tables``) and agreement sets (``demo_agreement``)."""
     p = _params(params)
     if not p.demo_tables:
         console.print("[red]error:[/red] params has no demo_tables")
