@@ -120,6 +120,47 @@ def test_knowledge_and_cooccurrence_follow_the_contract(generated):
     assert any(lab.name in text for lab in ds.label_space.unseen)  # captions mention unseen
 
 
+def test_tag_twins_are_seen_plurals_positive_exactly_where_their_unseen_label_is(tmp_path):
+    """NUS-WIDE's structure: a share of the unseen labels have their plural among the seen
+    tags. A twin is a seen label, positive on exactly its unseen label's images in every
+    split, named in captions, and known to the offline text sources."""
+    opts = SMALL.model_copy(update={"twin_fraction": 0.4, "n_pretrain": 150})
+    vocab = iw.build_vocabulary(opts)
+    unseen = iw.unseen_names(opts, vocab)
+    twins = iw.tag_twins(opts, vocab, unseen)
+    assert len(twins) == round(0.4 * len(unseen)) and set(twins) <= unseen
+    assert all(t.endswith("s") and t not in vocab.names for t in twins.values())
+    assert iw.tag_twins(SMALL, vocab, unseen) == {}  # the default draws none
+    out = tmp_path / "twins"
+    ds = iw.generate(opts, out, progress=False)
+    space = ds.label_space
+    seen = [lab.name for lab in space.seen]
+    assert set(twins.values()) <= set(seen) and set(twins) <= {lab.name for lab in space.unseen}
+    assert space.n_unseen == len(unseen)  # the twins add seen labels only
+    col = {n: j for j, n in enumerate(space.names())}
+    pre = load_npz(out / "pretrain.npz")["labels"]
+    test, train = ds.splits["test"].labels, ds.splits["train"].labels
+    for u, t in twins.items():
+        assert np.array_equal(pre[:, col[u]], pre[:, col[t]])
+        assert np.array_equal(test[:, col[u]], test[:, col[t]])
+        assert (train[:, col[u]] == 0).all() and (train[:, col[t]] != 0).all()
+    assert any((train[:, col[t]] == 1).any() for t in twins.values())  # trained on
+    text = " ".join(c for cs in read_json(out / "captions.json") for c in cs)
+    assert any(t in text for t in twins.values())
+    know = read_json(out / "knowledge.json")["labels"]
+    u, t = next(iter(twins.items()))
+    assert know[t]["synset"] == know[u]["synset"] and u in know[t]["keywords"]
+
+
+def test_plural_twins_counts_nus_wides_unseen_concepts_with_a_seen_plural():
+    from pipelines.data import reference
+
+    pairs = dict(iw.plural_twins(reference.nus_unseen_81(), reference.nus_seen_925()))
+    assert len(pairs) == 32
+    assert pairs["dog"] == "dogs" and pairs["clouds"] == "cloud" and pairs["person"] == "people"
+    assert "sky" not in pairs  # no "skies" tag
+
+
 def test_impossible_split_names_the_key():
     with pytest.raises(ValueError, match="unseen_scenes"):
         iw.label_space(SMALL.model_copy(update={"unseen_scenes": 10}))

@@ -20,7 +20,11 @@ An image is positive for every label of every icon drawn (at least ``min_visible
 icon's pixels visible; an icon hidden more than that is not drawn) and for its scene;
 negative for every other label. The seen/unseen split is drawn by seed at every level
 (``unseen_fraction`` of the fine labels and of the coarse labels, ``unseen_scenes`` of
-the scenes). Splits: ``pretrain`` (images + captions that mention every label, unseen
+the scenes). ``twin_fraction`` of the unseen labels (fine and coarse ones) get a *tag twin*: a
+seen label named by the plural of the unseen one ("dogs" for "dog"), positive on exactly
+the same images, and named that way in some captions. NUS-WIDE has such twins: 32 of its
+81 unseen concepts have their plural or singular among the 925 seen Flickr tags ("dog" /
+"dogs", "clouds" / "cloud"; :func:`plural_twins` finds them). Splits: ``pretrain`` (images + captions that mention every label, unseen
 included: web alt-text mentions everything), ``train`` (seen labels only) and ``test``
 (seen + unseen).
 
@@ -163,6 +167,7 @@ class IconworldOptions(BaseModel):
     unseen_fraction: float = Field(0.1, ge=0, lt=1)
     unseen_scenes: int = Field(1, ge=0)
     captions_per_image: int = Field(3, ge=1)
+    twin_fraction: float = Field(0.0, ge=0, le=1)  # NUS-WIDE: 32 of 81 unseen have a seen twin
     seed: int = 0
 
 
@@ -263,8 +268,20 @@ def icon_labels(vocab: Vocabulary, icon: Icon) -> set[str]:
 
 
 def label_space(options: IconworldOptions, vocab: Vocabulary | None = None) -> LabelSpace:
-    """Seen/unseen split drawn by ``seed`` at every level (fine, coarse, scenes)."""
+    """Seen/unseen split drawn by ``seed`` at every level (fine, coarse, scenes); the tag
+    twins (:func:`tag_twins`) are seen labels after the vocabulary's own."""
     vocab = vocab or build_vocabulary(options)
+    unseen = unseen_names(options, vocab)
+    twins = tag_twins(options, vocab, unseen)
+    return LabelSpace(
+        seen=[Label(n, n) for n in vocab.names if n not in unseen]
+        + [Label(t, t) for t in twins.values()],
+        unseen=[Label(n, n) for n in vocab.names if n in unseen],
+    )
+
+
+def unseen_names(options: IconworldOptions, vocab: Vocabulary) -> set[str]:
+    """The unseen labels, drawn by ``seed`` at every level."""
     rng = np.random.default_rng([options.seed, 9])
     levels = {"fine": vocab.fine, "coarse": vocab.coarse, "scenes": vocab.scenes}
     unseen: set[str] = set()
@@ -279,11 +296,53 @@ def label_space(options: IconworldOptions, vocab: Vocabulary | None = None) -> L
                 "(at least one must stay seen)"
             )
         unseen |= {names[i] for i in rng.choice(len(names), size=k, replace=False)}
-    all_names = vocab.names
-    return LabelSpace(
-        seen=[Label(n, n) for n in all_names if n not in unseen],
-        unseen=[Label(n, n) for n in all_names if n in unseen],
-    )
+    return unseen
+
+
+def tag_twins(options: IconworldOptions, vocab: Vocabulary, unseen: set[str]) -> dict[str, str]:
+    """Unseen label -> its seen tag twin (its plural, by ``inflect``), for
+    ``round(twin_fraction * unseen)`` unseen fine and coarse labels drawn by ``seed`` (at
+    most every eligible one).
+    Eligible: a singular name whose plural differs from it and from every label ("fish",
+    "books" and the Unicode groups' names are not); scenes have none (captions name them
+    in fixed phrases)."""
+    if options.twin_fraction == 0:
+        return {}
+    import inflect
+
+    eng = inflect.engine()
+    names = set(vocab.names)
+    groups = set(GROUP_LABELS.values())
+    eligible: dict[str, str] = {}
+    for n in [*vocab.fine, *vocab.coarse]:
+        if n not in unseen or n in groups or eng.singular_noun(n):
+            continue
+        plural = eng.plural_noun(n)
+        if plural and plural != n and plural not in names:
+            eligible[n] = plural
+    k = min(len(eligible), int(round(options.twin_fraction * len(unseen))))
+    rng = np.random.default_rng([options.seed, 10])
+    keys = list(eligible)
+    return {
+        keys[i]: eligible[keys[i]] for i in sorted(rng.choice(len(keys), size=k, replace=False))
+    }
+
+
+def plural_twins(unseen: list[str], seen: list[str]) -> list[tuple[str, str]]:
+    """(unseen, seen) pairs where the seen label is the unseen one's plural or singular,
+    by ``inflect`` ("dog" / "dogs", "clouds" / "cloud"). On NUS-WIDE: 32 of the 81 unseen
+    concepts ("leaf" / "leaves", "person" / "people" included)."""
+    import inflect
+
+    eng = inflect.engine()
+    seen_set = set(seen)
+    out = []
+    for u in unseen:
+        for form in (eng.plural_noun(u), eng.singular_noun(u)):
+            if form and form != u and form in seen_set:
+                out.append((u, form))
+                break
+    return out
 
 
 # --------------------------------------------------------------------------- icons
@@ -537,7 +596,9 @@ _SCENE_PHRASES = {
 _GROUP_NAMES = frozenset(GROUP_LABELS.values())
 
 
-def _object_phrase(vocab: Vocabulary, icon: Icon, rng: np.random.Generator) -> str:
+def _object_phrase(
+    vocab: Vocabulary, icon: Icon, rng: np.random.Generator, twins: dict[str, str]
+) -> str:
     r = rng.random()
     if r < 0.6:
         noun = icon.label
@@ -547,7 +608,15 @@ def _object_phrase(vocab: Vocabulary, icon: Icon, rng: np.random.Generator) -> s
         ps = vocab.parents.get(icon.label, ())
         noun = str(rng.choice(ps)) if ps else icon.label
     if rng.random() < 0.25 and (ps := vocab.parents.get(icon.label)):
-        return f"{_a(noun)}, {_a(str(rng.choice(ps)))}"
+        return f"{_named(noun, rng, twins)}, {_named(str(rng.choice(ps)), rng, twins)}"
+    return _named(noun, rng, twins)
+
+
+def _named(noun: str, rng: np.random.Generator, twins: dict[str, str]) -> str:
+    """``noun`` with its article, or for half of the nouns with a tag twin, the twin as
+    people tag it ("dogs"). No draw without twins: the captions stay as they were."""
+    if noun in twins and rng.random() < 0.5:
+        return twins[noun]
     return _a(noun)
 
 
@@ -558,16 +627,22 @@ def _a(word: str) -> str:
     return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
-def caption(vocab: Vocabulary, scene: Scene, rng: np.random.Generator) -> str:
+def caption(
+    vocab: Vocabulary,
+    scene: Scene,
+    rng: np.random.Generator,
+    twins: dict[str, str] | None = None,
+) -> str:
     """One alt-text-like sentence: the whole scene, one object, or the scene alone."""
+    twins = twins or {}
     icons = [vocab.icons[o.icon] for o in scene.objects]
     icons = [icons[i] for i in rng.permutation(len(icons))]
     r = rng.random()
     if not icons or r < 0.1:
         return f"{rng.choice(('a photo of the', 'a view of the', 'the'))} {scene.scene}"
     if r < 0.35:
-        return f"{rng.choice(_OPENERS)} {_object_phrase(vocab, icons[0], rng)}".strip()
-    body = _join([_object_phrase(vocab, i, rng) for i in icons])
+        return f"{rng.choice(_OPENERS)} {_object_phrase(vocab, icons[0], rng, twins)}".strip()
+    body = _join([_object_phrase(vocab, i, rng, twins) for i in icons])
     if r < 0.5:
         return f"{rng.choice(_OPENERS)} {body}".strip()
     return f"{rng.choice(_OPENERS)} {body} {rng.choice(_SCENE_PHRASES[scene.scene])}".strip()
@@ -621,12 +696,16 @@ def knowledge(
 
 
 # -------------------------------------------------------------------------- builder
-def _label_matrix(scenes: list[Scene], vocab: Vocabulary, space: LabelSpace) -> np.ndarray:
+def _label_matrix(
+    scenes: list[Scene], vocab: Vocabulary, space: LabelSpace, twins: dict[str, str]
+) -> np.ndarray:
     index = {lab.name: j for j, lab in enumerate(space.all)}
     labels = np.full((len(scenes), len(index)), -1, dtype=np.int8)
     for i, sc in enumerate(scenes):
         for name in scene_labels(vocab, sc):
             labels[i, index[name]] = 1
+            if name in twins:
+                labels[i, index[twins[name]]] = 1
     return labels
 
 
@@ -640,6 +719,7 @@ def generate(
     """Generate iconworld into ``out_dir`` atomically (layout: see the module docstring)."""
     vocab = build_vocabulary(options)
     space = label_space(options, vocab)
+    twins = tag_twins(options, vocab, unseen_names(options, vocab))
     icon_rgba = render_icons(vocab.icons)
     by_scene: dict[str, list[int]] = defaultdict(list)
     for k, icon in enumerate(vocab.icons):
@@ -666,13 +746,13 @@ def generate(
                 images[i] = render(sc, icon_rgba, options, int(rng.integers(2**31)))
                 scenes.append(sc)
             np.save(tmp / f"images_{split}.npy", images)
-            full = _label_matrix(scenes, vocab, space)
+            full = _label_matrix(scenes, vocab, space, twins)
             pos = (full == 1).astype(np.int64)
             cooc += pos.T @ pos
             ids = np.array([f"{split}_{i:06d}" for i in range(n)])
             if split == "pretrain":
                 captions = [
-                    [caption(vocab, sc, rng) for _ in range(options.captions_per_image)]
+                    [caption(vocab, sc, rng, twins) for _ in range(options.captions_per_image)]
                     for sc in scenes
                 ]
                 save_npz(tmp / "pretrain.npz", image_ids=ids, labels=full)
@@ -688,6 +768,9 @@ def generate(
                     if s not in prefer[lab]:
                         prefer[lab].append(s)
         know = knowledge(vocab, icon_rgba, prefer)
+        for name, twin in twins.items():  # a twin knows what its unseen label knows
+            src = know["labels"][name]
+            know["labels"][twin] = {**src, "keywords": sorted({*src["keywords"], name})}
         know["labels"] = {n: know["labels"][n] for n in names}  # label-space order
         write_json(tmp / "knowledge.json", know)
         save_npz(
