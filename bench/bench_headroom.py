@@ -1,0 +1,120 @@
+"""How much room do a backbone's frozen features leave a trained head? (issue 9's diagnosis)
+
+The papers' trained methods (QKS, Epsilon, C2SRT, CLIP-FT) beat zero-shot CLIP on unseen
+labels by learning, on seen labels, a better reading of the frozen image features than the
+VLP's own zero-shot matching. That is only possible where the features hold more than
+zero-shot matching extracts. This script measures that headroom on seen labels, where a
+trained head has all the supervision it gets:
+
+1. zero-shot: the prompt-pool label embeddings (QKS Eq. 2) against the global feature;
+2. linear probes fitted on the train split's seen labels (sigmoid cross-entropy, as QKS
+   Eq. 7, full batch, Adam), on the frozen global feature and on the spatial tokens
+   (one shared map, max over tokens, as QKS Eq. 6 reads its queries);
+3. the trained cells named with ``--cells`` (their ``scores.npz``), on seen and unseen labels.
+
+Figures are mAP on the test split's seen (and unseen) labels, in %, and each row's ratio to
+zero-shot's, measured in the same run.
+
+    .venv/bin/python bench/bench_headroom.py [--dataset iconworld] [--cells qks-icon@s0 ...]
+
+Needs the dataset, its backbone and its feature cache (`ovml table iconworld-main` builds them).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.cells import load_backbone
+from pipelines.config import load_params
+from pipelines.data.prepared import PreparedDataset
+from pipelines.io import load_npz
+from pipelines.metrics import mean_average_precision
+from pipelines.vlp.features import load_features
+from pipelines.vlp.prompts import label_embeddings
+
+
+def probe(
+    x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor, steps: int, seed: int
+) -> np.ndarray:
+    """A linear map fitted full-batch by sigmoid cross-entropy; (N, D) or (N, P, D) inputs
+    (then one map for every token, max over tokens). Inputs are l2-normalised and scaled
+    by 10 (about CLIP's cosine range times its logit scale's square root)."""
+    torch.manual_seed(seed)
+    head = torch.nn.Linear(x_train.shape[-1], y_train.shape[1])
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2)
+
+    def scores(x: torch.Tensor) -> torch.Tensor:
+        s = head(10 * F.normalize(x, dim=-1))
+        return s.amax(dim=1) if s.dim() == 3 else s
+
+    for _ in range(steps):
+        opt.zero_grad()
+        F.binary_cross_entropy_with_logits(scores(x_train), y_train).backward()
+        opt.step()
+    with torch.no_grad():
+        return scores(x_test).numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--dataset", default="iconworld")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    ap.add_argument("--cells", nargs="*", default=[], help="e.g. qks-icon@s0 clip_ft-icon@s0")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    p = load_params(args.params)
+    ds = PreparedDataset.load(p.path("data") / args.dataset)
+    ns, names = ds.label_space.n_seen, ds.label_space.names()
+    ev = p.datasets[args.dataset].eval
+    bb_name = p.datasets[args.dataset].backbone
+    feats = p.path("features") / args.dataset / bb_name
+    train, test = load_features(feats / "train"), load_features(feats / "test")
+    y_train = torch.from_numpy(ds.splits["train"].labels[:, :ns] == 1).float()
+    y_test = ds.splits["test"].labels
+
+    def m_ap(scores: np.ndarray, cols: slice) -> float:
+        return mean_average_precision(
+            scores[:, cols], y_test[:, cols], zero_positive=ev.zero_positive, num_threads=1
+        )
+
+    seen, unseen = slice(0, ns), slice(ns, len(names))
+    with torch.no_grad():
+        t = label_embeddings(load_backbone(p, bb_name), names, "pool").float()
+    zs = (F.normalize(test.global_.float(), dim=-1) @ t.T).numpy()
+    ref = m_ap(zs, seen)
+    rows = [("zero-shot (prompt pool)", f"{ref:.1f}", f"{m_ap(zs, unseen):.1f}", "1.00")]
+    for what, xtr, xte in (
+        ("linear probe, global feature", train.global_, test.global_),
+        ("linear probe, spatial tokens (max)", train.patches, test.patches),
+    ):
+        runs = [
+            m_ap(probe(xtr.float(), y_train, xte.float(), args.steps, s), seen) for s in args.seeds
+        ]
+        mean, std = float(np.mean(runs)), float(np.std(runs))
+        rows.append((what, f"{mean:.1f} ± {std:.1f}", "—", f"{mean / ref:.2f}"))
+    for cell in args.cells:
+        variant, seed = cell.split("@")
+        sc = load_npz(
+            p.path("results") / "cells" / args.dataset / f"{variant}@{seed}" / "scores.npz"
+        )
+        s = sc["scores"]
+        rows.append(
+            (cell, f"{m_ap(s, seen):.1f}", f"{m_ap(s, unseen):.1f}", f"{m_ap(s, seen) / ref:.2f}")
+        )
+    print(
+        f"{args.dataset} / {bb_name}: {len(train)} train images, {ns} seen and "
+        f"{len(names) - ns} unseen labels, {len(test)} test images; mAP in %"
+    )
+    print(f"{'row':40s} {'seen mAP':>12s} {'unseen mAP':>11s} {'seen / zero-shot':>17s}")
+    for r in rows:
+        print(f"{r[0]:40s} {r[1]:>12s} {r[2]:>11s} {r[3]:>17s}")
+
+
+if __name__ == "__main__":
+    main()
