@@ -10,7 +10,10 @@ trained head has all the supervision it gets:
 2. linear probes fitted on the train split's seen labels (sigmoid cross-entropy, as QKS
    Eq. 7, full batch, Adam), on the frozen global feature and on the spatial tokens
    (one shared map, max over tokens, as QKS Eq. 6 reads its queries);
-3. the trained cells named with ``--cells`` (their ``scores.npz``), on seen and unseen labels.
+3. the trained cells named with ``--cells`` (their ``scores.npz``), on seen and unseen labels;
+4. per label-frequency band (test positives: 1-9, 10-49, 50 and more), zero-shot's and each
+   cell's mAP (each cell's scores averaged over the seeds given), seen and unseen apart: where
+   a trained head gains and where it loses.
 
 Figures are mAP on the test split's seen (and unseen) labels, in %, and each row's ratio to
 zero-shot's, measured in the same run.
@@ -32,7 +35,7 @@ from pipelines.cells import load_backbone
 from pipelines.config import load_params
 from pipelines.data.prepared import PreparedDataset
 from pipelines.io import load_npz
-from pipelines.metrics import mean_average_precision
+from pipelines.metrics import average_precision, mean_average_precision
 from pipelines.vlp.features import load_features
 from pipelines.vlp.prompts import label_embeddings
 
@@ -98,12 +101,12 @@ def main() -> None:
         ]
         mean, std = float(np.mean(runs)), float(np.std(runs))
         rows.append((what, f"{mean:.1f} ± {std:.1f}", "—", f"{mean / ref:.2f}"))
+    cell_scores: dict[str, list[np.ndarray]] = {}
     for cell in args.cells:
         variant, seed = cell.split("@")
-        sc = load_npz(
-            p.path("results") / "cells" / args.dataset / f"{variant}@{seed}" / "scores.npz"
-        )
-        s = sc["scores"]
+        path = p.path("results") / "cells" / args.dataset / f"{variant}@{seed}" / "scores.npz"
+        s = load_npz(path)["scores"]
+        cell_scores.setdefault(variant, []).append(s)
         rows.append(
             (cell, f"{m_ap(s, seen):.1f}", f"{m_ap(s, unseen):.1f}", f"{m_ap(s, seen) / ref:.2f}")
         )
@@ -114,6 +117,30 @@ def main() -> None:
     print(f"{'row':40s} {'seen mAP':>12s} {'unseen mAP':>11s} {'seen / zero-shot':>17s}")
     for r in rows:
         print(f"{r[0]:40s} {r[1]:>12s} {r[2]:>11s} {r[3]:>17s}")
+    print_frequency_bands(zs, {v: np.mean(ss, axis=0) for v, ss in cell_scores.items()}, y_test, ns)
+
+
+BANDS = ((1, 10), (10, 50), (50, None))
+
+
+def print_frequency_bands(
+    zero_shot: np.ndarray, cells: dict[str, np.ndarray], labels: np.ndarray, n_seen: int
+) -> None:
+    """Mean per-class AP over the labels whose test positives fall in each band."""
+    n_pos = (labels == 1).sum(axis=0)
+    parts = {"seen": np.arange(n_seen), "unseen": np.arange(n_seen, labels.shape[1])}
+    heads, groups = [], []
+    for part, cols in parts.items():
+        for lo, hi in BANDS:
+            sel = cols[(n_pos[cols] >= lo) & ((n_pos[cols] < hi) if hi else True)]
+            heads.append(f"{part} {lo}-{hi - 1 if hi else 'up'} ({len(sel)})")
+            groups.append(sel)
+    print("\nmAP by label frequency (test positives; number of labels in brackets)")
+    print(f"{'row':28s} " + " ".join(f"{h:>17s}" for h in heads))
+    for name, s in {"zero-shot": zero_shot, **cells}.items():
+        ap = average_precision(s, labels, num_threads=1)
+        vals = [f"{np.mean(ap[g]):.1f}" if len(g) else "—" for g in groups]
+        print(f"{name:28s} " + " ".join(f"{v:>17s}" for v in vals))
 
 
 if __name__ == "__main__":
