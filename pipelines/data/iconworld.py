@@ -20,13 +20,13 @@ An image is positive for every label of every icon drawn (at least ``min_visible
 icon's pixels visible; an icon hidden more than that is not drawn) and for its scene;
 negative for every other label. The seen/unseen split is drawn by seed at every level
 (``unseen_fraction`` of the fine labels and of the coarse labels, ``unseen_scenes`` of
-the scenes). ``twin_fraction`` of the unseen labels (fine and coarse ones) get a *tag twin*: a
-seen label named by the plural of the unseen one ("dogs" for "dog"), positive on exactly
-the same images, and named that way in some captions. NUS-WIDE has such twins: 32 of its
-81 unseen concepts have their plural or singular among the 925 seen Flickr tags ("dog" /
-"dogs", "clouds" / "cloud"; :func:`plural_twins` finds them). Splits: ``pretrain`` (images + captions that mention every label, unseen
-included: web alt-text mentions everything), ``train`` (seen labels only) and ``test``
-(seen + unseen).
+the scenes). ``twin_fraction`` of the unseen labels (fine and coarse ones) get a *tag
+twin*: a seen label named by the plural of the unseen one ("dogs" for "dog"), positive on
+exactly the same images, and named that way in some captions. NUS-WIDE has such twins: 32
+of its 81 unseen concepts have their plural or singular among the 925 seen Flickr tags
+("dog" / "dogs", "clouds" / "cloud"; :func:`plural_twins` finds them). Splits:
+``pretrain`` (images + captions that mention every label, unseen included: web alt-text
+mentions everything), ``train`` (seen labels only) and ``test`` (seen + unseen).
 
 Outputs besides the prepared-dataset contract: ``images_<split>.npy``, ``captions.json``,
 ``knowledge.json`` (each label's parents, group, subgroup, keywords, WordNet synset, gloss,
