@@ -49,26 +49,34 @@ def _images(srv: FaultServer, n: int = 24) -> list[NusImage]:
     return out
 
 
+def real_grid_raw(tmp_path, srv: FaultServer, datasets: tuple[str, ...] = ("nus-wide",)) -> dict:
+    """params.real.yaml, read as a dict and pointed at a tiny NUS-WIDE release (its URLs on
+    ``srv``) for ``datasets``, with ViT-B/16 replaced by a tiny random ViT checkpoint."""
+    release = build_nus_wide(tmp_path / "NUS-WIDE", _images(srv))
+    register_model_configs()
+    ckpt = tmp_path / "weights" / "tiny-clip.safetensors"
+    ckpt.parent.mkdir()
+    model = open_clip.create_model("ovml-tiny-vit")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
+
+    raw = yaml.safe_load((REPO / "params.real.yaml").read_text())
+    raw["tracking"] = {"enabled": False}
+    raw["device"] = "cpu"
+    for ds in datasets:
+        raw["datasets"][ds]["release_dir"] = str(release.root)
+    raw["datasets"]["nus-wide"]["download"] = {
+        "chunks": 2,
+        "workers": 2,
+        "allow_private_hosts": True,  # the release's URLs point at a server on 127.0.0.1
+    }
+    raw["backbones"]["vit-b16-openai"] = {"model": "ovml-tiny-vit", "weights": f"file:{ckpt}"}
+    return raw
+
+
 @pytest.mark.slow
 def test_real_grid_runs_qks_table1_on_a_tiny_release(tmp_path):
     with FaultServer() as srv:
-        release = build_nus_wide(tmp_path / "NUS-WIDE", _images(srv))
-        register_model_configs()
-        ckpt = tmp_path / "weights" / "tiny-clip.safetensors"
-        ckpt.parent.mkdir()
-        model = open_clip.create_model("ovml-tiny-vit")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-
-        raw = yaml.safe_load((REPO / "params.real.yaml").read_text())
-        raw["tracking"] = {"enabled": False}
-        raw["device"] = "cpu"
-        raw["datasets"]["nus-wide"]["release_dir"] = str(release.root)
-        raw["datasets"]["nus-wide"]["download"] = {
-            "chunks": 2,
-            "workers": 2,
-            "allow_private_hosts": True,  # the release's URLs point at a server on 127.0.0.1
-        }
-        raw["backbones"]["vit-b16-openai"] = {"model": "ovml-tiny-vit", "weights": f"file:{ckpt}"}
+        raw = real_grid_raw(tmp_path, srv)
         (tmp_path / "ws").mkdir()
         path = tmp_path / "ws" / "params.yaml"
         path.write_text(yaml.safe_dump(raw, sort_keys=False))

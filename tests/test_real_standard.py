@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import open_clip
 import pytest
 import yaml
-from safetensors.torch import save_file
 
 from pipelines.cells import run_stage
 from pipelines.config import EvalConfig, TableConfig, load_params
@@ -23,11 +21,8 @@ from pipelines.graph import run_stages
 from pipelines.io import load_npz
 from pipelines.metrics import mean_average_precision, precision_recall_f1_at_k
 from pipelines.report import build_report
-from pipelines.vlp.backbone import register_model_configs
-from tests.conftest import REPO
 from tests.fault_server import FaultServer
-from tests.release_fixtures import build_nus_wide
-from tests.test_real_path import _images
+from tests.test_real_path import real_grid_raw
 
 
 def _random(n=50, c=9, seed=0):
@@ -59,24 +54,7 @@ def test_standard_task_is_every_column_of_a_dataset_without_unseen_labels():
 @pytest.mark.slow
 def test_real_grid_runs_epsilon_table4_on_a_tiny_release(tmp_path):
     with FaultServer() as srv:
-        release = build_nus_wide(tmp_path / "NUS-WIDE", _images(srv))
-        register_model_configs()
-        ckpt = tmp_path / "weights" / "tiny-clip.safetensors"
-        ckpt.parent.mkdir()
-        model = open_clip.create_model("ovml-tiny-vit")
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(ckpt))
-
-        raw = yaml.safe_load((REPO / "params.real.yaml").read_text())
-        raw["tracking"] = {"enabled": False}
-        raw["device"] = "cpu"
-        for ds in ("nus-wide", "nus-wide-81"):
-            raw["datasets"][ds]["release_dir"] = str(release.root)
-        raw["datasets"]["nus-wide"]["download"] = {
-            "chunks": 2,
-            "workers": 2,
-            "allow_private_hosts": True,  # the release's URLs point at a server on 127.0.0.1
-        }
-        raw["backbones"]["vit-b16-openai"] = {"model": "ovml-tiny-vit", "weights": f"file:{ckpt}"}
+        raw = real_grid_raw(tmp_path, srv, ("nus-wide", "nus-wide-81"))
         ws = tmp_path / "ws"
         glove = ws / raw["variants"]["epsilon-nus-wide-standard"]["word_vectors"]
         glove.parent.mkdir(parents=True)

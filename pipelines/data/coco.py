@@ -202,18 +202,18 @@ def parse(
             else {k: int(v.sum()) for k, v in masks.items()}
         )
         sub = "train2014" if split == "train" else "val2014"
-        keep = keep_mask(
+        splits[split], keep = kept_split(
             split,
+            sub,
             image_ids,
+            labels,
             masks,
             meta,
             images_dir=images_dir,
-            candidates=lambda f, sub=sub: (f, f"{sub}/{f}"),
             drop_missing=drop_missing,
             drop_test_no_positive=drop_test_no_positive,
         )
-        ids_arr = np.asarray(image_ids, dtype=str)[keep] if image_ids else np.zeros(0, dtype=str)
-        splits[split] = Split(ids_arr, labels[keep])
+        ids_arr = splits[split].image_ids
         manifest_parts.append(
             pl.DataFrame(
                 {
@@ -231,6 +231,35 @@ def parse(
         unseen=[Label(str(c), cats[c]) for c in unseen_ids],
     )
     return PreparedDataset(NAME, space, splits, pl.concat(manifest_parts), meta)
+
+
+def kept_split(
+    split: str,
+    sub: str,
+    image_ids: list[str],
+    labels: np.ndarray,
+    masks: dict[str, np.ndarray],
+    meta: dict[str, Any],
+    *,
+    images_dir: Path | None,
+    drop_missing: bool,
+    drop_test_no_positive: str,
+) -> tuple[Split, np.ndarray]:
+    """The split's kept rows (:func:`keep_mask`, which records what it drops in ``meta``),
+    an image found at the images folder's top or under ``<sub>/`` (``train2014``, ``val2014``);
+    returns the split and the keep mask."""
+    keep = keep_mask(
+        split,
+        image_ids,
+        masks,
+        meta,
+        images_dir=images_dir,
+        candidates=lambda f: (f, f"{sub}/{f}"),
+        drop_missing=drop_missing,
+        drop_test_no_positive=drop_test_no_positive,
+    )
+    ids = np.asarray(image_ids, dtype=str)[keep] if image_ids else np.zeros(0, dtype=str)
+    return Split(ids, labels[keep]), keep
 
 
 def _read_instances(path: Path) -> dict[str, Any]:

@@ -32,9 +32,9 @@ import numpy as np
 import polars as pl
 
 from pipelines.data import reference
-from pipelines.data.coco import MANIFEST_SCHEMA, REDOWNLOAD, _read_instances
+from pipelines.data.coco import MANIFEST_SCHEMA, REDOWNLOAD, _read_instances, kept_split
 from pipelines.data.prepared import Label, LabelSpace, PreparedDataset, Split
-from pipelines.data.splits import ParseError, find_file, keep_mask, no_positive_masks, source_info
+from pipelines.data.splits import ParseError, find_file, no_positive_masks, source_info
 
 NAME = "coco-2014-all-80"
 SPLITS = (("train", "train2014"), ("test", "val2014"))
@@ -116,18 +116,18 @@ def parse(
             "crowd_annotations": info["n_crowd"],
         }
         masks = no_positive_masks(labels, C)
-        keep = keep_mask(
+        splits[split], keep = kept_split(
             split,
+            sub,
             image_ids,
+            labels,
             masks,
             meta,
             images_dir=images_dir,
-            candidates=lambda f, sub=sub: (f, f"{sub}/{f}"),
             drop_missing=drop_missing,
             drop_test_no_positive="none",
         )
-        ids_arr = np.asarray(image_ids, dtype=str)[keep] if image_ids else np.zeros(0, dtype=str)
-        splits[split] = Split(ids_arr, labels[keep])
+        ids_arr = splits[split].image_ids
         n = int(keep.sum())
         manifest_parts.append(
             pl.DataFrame(
