@@ -3,9 +3,11 @@ stage the CLI and dvc.yaml run and describes it with the same stage record.
 
 Asset keys: dataset/<ds>, backbone/<bb>, features/<ds>/<bb>, corpus/<ds>/<name>,
 relations/<ds>/<bb>/<graph> (C2SRT's category graph), cells/<ds> (partitioned by variant),
-table/<name>. Each asset's code_version is its stage fingerprint, so the UI
-marks assets whose params or code changed; a materialisation of a fresh stage reuses
-the files on disk unless run config says ``force: true``.
+table/<name>. Each asset's code_version is its stage's own params and code
+(pipelines.graph.code_version) and its data version the digest of its recorded outputs,
+so the UI marks an asset stale when its params or code changed or an upstream's outputs
+did (as ``ovml list`` does); a materialisation of a fresh stage reuses the files on
+disk unless run config says ``force: true``.
 
 Where stages run: tables (light: JSON in, markdown/CSV/PNG out) run in the run's own
 process; datasets, backbones, features and cells (torch) run in a child process,
@@ -26,7 +28,7 @@ from dagster_project.partitions import cell_partitions
 from dagster_project.records import asset_key, code_version, dagster_ui_url, to_dagster_metadata
 from dagster_project.resources import Compute, MlflowTracking, OvmlParams
 from pipelines.config import Params
-from pipelines.graph import Stage, build_graph, fingerprint, is_fresh, write_stamp
+from pipelines.graph import Stage, build_graph, is_fresh, outputs_digest, stage_inputs, write_stamp
 from pipelines.records import load_record
 
 __all__ = ["asset_key", "build_assets", "StageConfig"]
@@ -99,13 +101,13 @@ def run_table_in_process(
     from pipelines.tables import render_table
     from pipelines.tracking import dagster_run
 
-    fp = fingerprint(params, graph, stage.name)
+    inputs = stage_inputs(params, graph, stage.name)  # taken before the run
     with (
         dagster_run(context.run.run_id, dagster_run_url(context.run.run_id)),
         stage_view("dagster", context.run.run_id),
     ):
         render_table(params, *stage.key)
-        write_stamp(params, graph, stage.name, fp)
+        write_stamp(params, graph, stage.name, inputs=inputs)
 
 
 def _materialize(
@@ -133,9 +135,7 @@ def _materialize(
     meta["reused"] = reused
     return dg.MaterializeResult(
         metadata=meta,
-        data_version=dg.DataVersion(
-            record.get("fingerprint") or fingerprint(params, graph, stage_name)
-        ),
+        data_version=dg.DataVersion(outputs_digest(record)),
     )
 
 

@@ -2,8 +2,11 @@
 
 Whatever view ran a stage (``ovml demo``, ``dvc repro``, Dagster), its record in
 ``<out>/.ovml-stage.json`` carries the same metadata; here it becomes the metadata of an
-``AssetMaterialization`` with the stage fingerprint as its data version and code
-version, so the catalog shows what exists and whether it is fresh.
+``AssetMaterialization`` whose data version is the digest of the stage's recorded
+outputs and whose code version is the stage's own params and code (the record's
+``code_version``), with each upstream's output digest as its input data version: the
+rule of ``ovml list`` (pipelines/graph.py), so the catalog shows what exists and
+whether it is fresh as the CLI and DVC see it.
 
 :func:`reconcile` reports the records the instance does not know yet, through
 ``DagsterInstance.report_runless_asset_event``. ``ovml ui`` calls it before the UI
@@ -22,7 +25,8 @@ from typing import Any
 import dagster as dg
 
 from pipelines.config import Params
-from pipelines.graph import Stage, build_graph, fingerprint
+from pipelines.graph import Stage, build_graph, outputs_digest
+from pipelines.graph import code_version as stage_code_version
 from pipelines.records import load_record
 from pipelines.tracking import run_url
 
@@ -48,7 +52,14 @@ def partition_of(stage: Stage) -> str | None:
 
 
 def code_version(params: Params, graph: dict[str, Stage], name: str) -> str:
-    return fingerprint(params, graph, name)[:16]
+    """The asset's code version: the stage's own params and code, not its upstream's."""
+    return stage_code_version(params, graph, name)[:16]
+
+
+def recorded_code_version(record: dict[str, Any]) -> str:
+    """The code version a record was made with (a record from before ``code_version``
+    was kept gives its fingerprint, which no asset has: it shows as stale)."""
+    return str(record.get("code_version") or record["fingerprint"])[:16]
 
 
 def _png_markdown(path: Path) -> str:
@@ -111,7 +122,7 @@ def _input_tags(
         key, part = asset_key(up), partition_of(up)
         rec = load_record(params.root, up.out)
         if rec is not None:
-            versions[key] = str(rec["fingerprint"])
+            versions[key] = outputs_digest(rec)
         found = instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=key, asset_partitions=[part] if part else None),
             limit=1,
@@ -136,8 +147,8 @@ def materialization(
     """The materialisation a stage record stands for (what a Dagster run would emit),
     with its inputs' provenance when ``instance`` is given."""
     tags = {
-        DATA_VERSION_TAG: str(record["fingerprint"]),
-        CODE_VERSION_TAG: str(record["fingerprint"])[:16],
+        DATA_VERSION_TAG: outputs_digest(record),
+        CODE_VERSION_TAG: recorded_code_version(record),
     }
     if instance is not None:
         tags.update(_input_tags(instance, params, graph, stage))

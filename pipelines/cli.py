@@ -350,7 +350,13 @@ def stage(
     import json
 
     from pipelines.cells import run_stage
-    from pipelines.graph import StaleInputError, build_graph, check_inputs, fingerprint, write_stamp
+    from pipelines.graph import (
+        StaleInputError,
+        build_graph,
+        check_inputs,
+        stage_inputs,
+        write_stamp,
+    )
     from pipelines.records import stage_view
     from pipelines.redact import redact
     from pipelines.tracking import dagster_run
@@ -374,13 +380,13 @@ def stage(
             f"[red]error:[/red] {name}: {redact(str(err))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(1) from None
-    fp = fingerprint(p, graph, name)
+    inputs = stage_inputs(p, graph, name)  # taken before the run
     with contextlib.ExitStack() as stack:
         if dagster_run_id:
             stack.enter_context(dagster_run(dagster_run_id, dagster_run_url))
             stack.enter_context(stage_view("dagster", dagster_run_id))
         run_stage(p, graph[name])
-        write_stamp(p, graph, name, fp)
+        write_stamp(p, graph, name, inputs=inputs)
 
 
 @app.command()

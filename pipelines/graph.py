@@ -14,8 +14,15 @@ Stage kinds (and their output folders):
 
 ``dvc.yaml`` is generated from this graph (``ovml dvc-yaml``; a test checks it is in
 step), Dagster assets are built from it, and :func:`run_stages` runs it in-process,
-skipping every stage whose fingerprint (its params, its code and its inputs'
-fingerprints) matches the stamp its last run left in its output folder.
+skipping every stage whose fingerprint matches the stamp its last run left in its
+output folder.
+
+Freshness is by outputs, as in DVC: a stage's fingerprint holds its own params and code
+(:func:`code_version`) and the content digest of each upstream stage's recorded outputs
+(:func:`recorded_outputs_digest`), never its upstream's fingerprint. A code edit that
+leaves a stage's outputs byte-identical (a docstring) reruns that stage only; its
+dependants stay fresh. Dagster gets the same rule from data versions (the output
+digest) and code versions (:func:`code_version`), dagster_project/records.py.
 """
 
 from __future__ import annotations
@@ -375,22 +382,33 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
-def fingerprint(
-    params: Params, graph: dict[str, Stage], name: str, _memo: dict[str, str] | None = None
-) -> str:
-    memo = {} if _memo is None else _memo
-    if name in memo:
-        return memo[name]
+def code_version(params: Params, graph: dict[str, Stage], name: str) -> str:
+    """The stage's own inputs: the params it reads and the content of its code files
+    (its upstream stages are not part of it)."""
     st = graph[name]
     h = hashlib.sha256()
     h.update(json.dumps([st.name, param_values(params, st.params)], sort_keys=True).encode())
     for code in st.code:
         h.update(code.encode() + _file_digest(REPO_ROOT / code).encode())
-    for dep in st.deps:
-        h.update(fingerprint(params, graph, dep, memo).encode())
-        h.update(recorded_outputs_digest(params, graph, dep).encode())
-    memo[name] = h.hexdigest()
-    return memo[name]
+    return h.hexdigest()
+
+
+def stage_inputs(params: Params, graph: dict[str, Stage], name: str) -> dict[str, Any]:
+    """What a stage's fingerprint is made of: ``{"code_version": ..., "inputs": {upstream
+    stage: digest of its recorded outputs}}`` (take it before the stage runs)."""
+    return {
+        "code_version": code_version(params, graph, name),
+        "inputs": {dep: recorded_outputs_digest(params, graph, dep) for dep in graph[name].deps},
+    }
+
+
+def _inputs_hash(inputs: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def fingerprint(params: Params, graph: dict[str, Stage], name: str) -> str:
+    """One hash of :func:`stage_inputs`: own params and code, and upstream output digests."""
+    return _inputs_hash(stage_inputs(params, graph, name))
 
 
 def read_record(params: Params, graph: dict[str, Stage], name: str) -> dict[str, Any] | None:
@@ -405,9 +423,16 @@ def read_record(params: Params, graph: dict[str, Stage], name: str) -> dict[str,
 def recorded_outputs_digest(params: Params, graph: dict[str, Stage], name: str) -> str:
     """One hash of the output hashes ``name``'s record holds ("none" without a record):
     part of every downstream fingerprint, so a rebuilt upstream whose files differ makes
-    its dependants stale in every view (CLI, DVC, Dagster), not only in :func:`run_stages`."""
-    rec = read_record(params, graph, name)
-    outputs = rec.get("outputs") if rec else None
+    its dependants stale in every view (CLI, DVC, Dagster), and one whose files came out
+    byte-identical leaves them fresh."""
+    return outputs_digest(read_record(params, graph, name))
+
+
+def outputs_digest(record: dict[str, Any] | None) -> str:
+    """One hash of the ``(relpath, sha256)`` pairs a stage record holds ("none" without
+    one): byte-identical outputs give the same digest whatever their mtimes. Dagster's
+    data version of the stage's asset."""
+    outputs = record.get("outputs") if record else None
     if not isinstance(outputs, dict):
         return "none"
     pairs = sorted(
@@ -477,7 +502,7 @@ def stage_status(
             return False, f"record {st.out}/{STAMP} is unreadable"
         return False, "never run (no stage record)"
     if rec.get("fingerprint") != fingerprint(params, graph, name):
-        return False, "inputs changed (params, code or an upstream stage)"
+        return False, _why_inputs_changed(rec, stage_inputs(params, graph, name))
     outputs = rec.get("outputs")
     if not isinstance(outputs, dict):
         return False, "record has no output hashes (written by an older ovml)"
@@ -487,6 +512,17 @@ def stage_status(
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         return False, f"output {st.out}/{rel} {why}{more}"
     return True, "up to date"
+
+
+def _why_inputs_changed(rec: dict[str, Any], now: dict[str, Any]) -> str:
+    if "code_version" not in rec or not isinstance(rec.get("inputs"), dict):
+        return "inputs changed (params, code or an upstream stage's outputs)"
+    if rec["code_version"] != now["code_version"]:
+        return "params or code changed"
+    for dep, digest in now["inputs"].items():
+        if rec["inputs"].get(dep) != digest:
+            return f"outputs of upstream {dep} changed"
+    return "upstream stages changed"
 
 
 def is_fresh(params: Params, graph: dict[str, Stage], name: str) -> bool:
@@ -528,16 +564,19 @@ def write_stamp(
     name: str,
     fp: str | None = None,
     *,
+    inputs: dict[str, Any] | None = None,
     outputs: dict[str, dict[str, Any]] | None = None,
     metadata: dict[str, Any] | None = None,
     view: str | None = None,
     run_id: str | None = None,
 ) -> None:
-    """Record that ``name``'s output was computed from ``fp`` (take it *before* running,
-    so code edited while a stage runs leaves the stage stale, not falsely fresh). Only
-    rank 0 writes under torchrun.
+    """Record that ``name``'s output was computed from ``inputs`` (:func:`stage_inputs`;
+    take it *before* running, so code edited while a stage runs leaves the stage stale,
+    not falsely fresh; ``fp``, a :func:`fingerprint` taken before, is the older way to
+    say the same and wins over ``inputs``). Only rank 0 writes under torchrun.
 
-    The stamp is the stage record (pipelines/records.py): besides the fingerprint it
+    The stamp is the stage record (pipelines/records.py): besides the fingerprint, its
+    ``code_version`` and the upstream output digests it was made of (``inputs``), it
     holds the size, mtime and sha256 of every file in the output folder (``outputs``),
     the output's ``metadata`` (default: :func:`pipelines.records.stage_metadata`),
     ``finished_at``, which ``view`` ran it (default: cli, or dvc under ``dvc repro``)
@@ -548,11 +587,14 @@ def write_stamp(
         return
     st = graph[name]
     out_dir = params.root / st.out
+    inputs = inputs or stage_inputs(params, graph, name)
     write_json(
         out_dir / STAMP,
         {
             "stage": name,
-            "fingerprint": fp or fingerprint(params, graph, name),
+            "fingerprint": fp or _inputs_hash(inputs),
+            "code_version": inputs["code_version"],
+            "inputs": inputs["inputs"],
             "outputs": hash_outputs(out_dir) if outputs is None else outputs,
             "metadata": stage_metadata(params.root, st.kind, st.out)
             if metadata is None
@@ -577,27 +619,23 @@ def run_stages(
     """Run targets and their upstream stages in order, skipping fresh ones. Returns ran stages.
 
     ``force`` reruns every stage; ``force_only`` reruns just the stages it names (their
-    dependants rerun too, as for any stage that ran). ``on_stale(name, reason)`` says why
-    a stage that was not forced runs."""
+    dependants rerun when its outputs changed, as for any stage that ran: a stage is
+    checked after its upstream stages have run and recorded their outputs).
+    ``on_stale(name, reason)`` says why a stage that was not forced runs."""
     graph = build_graph(params)
     forced = set(force_only)
     ran: list[str] = []
     for name in upstream(graph, targets):
-        upstream_ran = [dep for dep in graph[name].deps if dep in ran]
-        if force or name in forced:
-            pass
-        elif upstream_ran:
-            on_stale(name, f"upstream {upstream_ran[0]} ran")
-        else:
+        if not (force or name in forced):
             fresh, reason = stage_status(params, graph, name)
             if fresh:
                 on_event(name, "fresh")
                 continue
             on_stale(name, reason)
         on_event(name, "run")
-        fp = fingerprint(params, graph, name)
+        inputs = stage_inputs(params, graph, name)
         runner(params, graph[name])
-        write_stamp(params, graph, name, fp)
+        write_stamp(params, graph, name, inputs=inputs)
         ran.append(name)
     return ran
 
