@@ -190,3 +190,56 @@ def test_mlflow_runs_linked_superseded_and_killed(mlflow_params):
     assert client.get_run(ghost.info.run_id).info.status == "RUNNING"
     cell_run()
     assert client.get_run(ghost.info.run_id).info.status == "KILLED"
+
+
+def test_dagster_staleness_agrees_with_ovml_list(tmp_path, tiny_params_dict, monkeypatch):
+    """Data versions are output digests and code versions the stage's own code: a
+    docstring edit whose reruns leave byte-identical outputs moves only the edited stage's
+    code version and leaves its dependants fresh; a changed output makes them stale."""
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    import pipelines.graph as graph_module
+    from dagster_project.definitions import build_definitions
+    from dagster_project.records import reconcile
+    from pipelines.config import load_params
+    from pipelines.graph import build_graph, run_stages, stage_status
+    from tests.conftest import write_params
+    from tests.test_graph import _copy_of_the_code, deterministic_stage
+
+    tiny_params_dict["tracking"] = {"enabled": False}
+    path = write_params(tmp_path / "ws", tiny_params_dict)
+    params = load_params(path, check_methods=False)
+    graph = build_graph(params)
+    monkeypatch.setattr(graph_module, "REPO_ROOT", _copy_of_the_code(graph, tmp_path / "code"))
+    run_stages(params, ["table@tiny"], deterministic_stage)
+    features = ["features", "toyworld", "toy-clip"]
+    dataset, table = dg.AssetKey(["dataset", "toyworld"]), dg.AssetKey(["table", "tiny"])
+
+    def status(instance, key):
+        reconcile(instance, params)
+        defs = build_definitions(str(path))  # code versions as the code now reads
+        return get_stale_status_resolver(instance, list(defs.assets)).get_status(key).value
+
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        assert status(instance, table) == "FRESH"
+        code = graph_module.REPO_ROOT / "pipelines/vlp/features.py"  # a docstring edit
+        code.write_text(code.read_text().replace('"""', '"""An edited docstring. ', 1))
+        assert status(instance, dg.AssetKey(features)) == "STALE"  # its code version moved
+        assert status(instance, dataset) == "FRESH"
+        assert stage_status(params, graph, "table@tiny") == (True, "up to date")
+        assert status(instance, table) == "FRESH"  # as in `ovml list`
+        assert run_stages(params, ["table@tiny"], deterministic_stage) == ["@".join(features)]
+        assert status(instance, dg.AssetKey(features)) == "FRESH"  # rerun, same bytes
+        assert status(instance, table) == "FRESH"
+
+        def writes_other_bytes(p, st):
+            (p.root / st.out / "out.json").write_text('{"mAP": 1.0}')
+
+        cell = "cell@toyworld@random"
+        run_stages(params, [cell], writes_other_bytes, force_only=[cell])
+        assert stage_status(params, graph, "table@tiny") == (
+            False,
+            f"outputs of upstream {cell} changed",
+        )
+        assert status(instance, table) == "STALE"  # its input data version moved
