@@ -522,7 +522,9 @@ def _why_inputs_changed(rec: dict[str, Any], now: dict[str, Any]) -> str:
     for dep, digest in now["inputs"].items():
         if rec["inputs"].get(dep) != digest:
             return f"outputs of upstream {dep} changed"
-    return "upstream stages changed"
+    if set(rec["inputs"]) != set(now["inputs"]):
+        return "its upstream stages changed"
+    return "inputs changed since its record was written"
 
 
 def is_fresh(params: Params, graph: dict[str, Stage], name: str) -> bool:

@@ -3,7 +3,8 @@
 The record is the stamp file ``<out>/.ovml-stage.json`` written by
 :func:`pipelines.graph.write_stamp`::
 
-    {"stage", "fingerprint", "outputs": {...}, "metadata": {...},
+    {"stage", "fingerprint", "code_version", "inputs": {upstream: output digest},
+     "outputs": {...}, "metadata": {...},
      "finished_at": iso8601, "view": "cli" | "dvc" | "dagster", "run_id": str | null}
 
 This module owns ``metadata`` (:func:`stage_metadata`, the one function every view uses
