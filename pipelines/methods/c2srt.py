@@ -10,7 +10,15 @@ Section 3 and supplementary B of ../shared/papers/c2srt.md.
   never the patch tokens, so a memory-mapped or streamed feature store serves it).
   ``teacher: online``: the frozen tower runs on the batch's pixels instead (a dataset whose
   train cache does not fit a node, e.g. Open Images' ~1.8 TB with patches; the same
-  features up to the cache's fp16 rounding).
+  features up to the cache's fp16 rounding). Scale: a fine-tuned row (images mode) reads
+  no cached patch tokens at all (the student tower makes its own, at test too); only the
+  frozen rows (``finetune: false``) read the cache's patches, and only with ISR on
+  (``feature_parts``: a streamed store then serves just the global rows). What is left is
+  outside this module: on a store that loads a split whole (pipelines/vlp/features.py
+  ``load_features`` on main), ``ctx.features("train")`` still reads the train patches into
+  memory the first time the teacher indexes it; with the streamed stores of the
+  feature-streaming work it reads only the batch's global rows, and ``teacher: online``
+  avoids the train cache on either.
 - **ISR, Algorithm 1 (Eq. 4-5).** Patch-to-text similarity s_i^(c) between every patch and
   every label's ensemble text feature (Eq. 24), softmax over the P patches, descending sort,
   and the smallest prefix whose mass reaches alpha, capped at N patches (line 6 of the
@@ -65,7 +73,9 @@ Section 3 and supplementary B of ../shared/papers/c2srt.md.
   corpus: mean High/Medium/Low = 3/2/1 over queries, unlisted 0; each label keeps its top-n
   seen labels, ties, zeros included, broken by text-embedding similarity so the in-degree
   is exactly n; the padded edges are counted in the graph's summary, see
-  pipelines/relations.py), ``random`` (n seen labels uniformly, seeded), ``similarity`` (text
+  pipelines/relations.py; every query shows the LLM every seen label, on pages of at most
+  ``max_seen_in_prompt`` where the list is longer, e.g. Open Images' 7,186: never only the
+  first 1,000, see pipelines/text/config.py ``CategoryRelationsConfig``), ``random`` (n seen labels uniformly, seeded), ``similarity`` (text
   embedding cosine), ``cooccurrence`` (extra, no published number: P(j | i) from the train
   labels, seen only; unseen labels have no train annotations, so an unseen label's row
   falls back to text similarity). A label never relates to itself.
@@ -361,6 +371,9 @@ class C2SRTModule(TrainModule):
             "images" if cfg.finetune or cfg.train.input_mode == "images" else "features"
         )
         self.tower = ImageTower(bb, trainable=cfg.finetune) if self.input_mode == "images" else None
+        # features mode: the cached tensors the batches need (a streamed feature store reads
+        # only these); the patch tokens only for ISR
+        self.feature_parts = ("global", "patches") if cfg.uses_local else ("global",)
         self._ctx = ctx
         # teacher "online": a frozen copy of the VLP tower; not a submodule, so it is never
         # optimised nor checkpointed (it is the backbone's own weights)
