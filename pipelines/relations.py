@@ -7,8 +7,9 @@ settings or training seed::
     stage   relations@<dataset>@<backbone>@<graph>        (e.g. relations@iconworld@icon-clip@llm-n16)
     folder  <data>/relations/<dataset>/<backbone>/<graph>/
     files   graph.npz     labels U[C], neighbours int64 [C, n], edges int32 [E, 2] as
-                          (source, target), scores float32 [C, n_seen] (what the choice ranked)
-            summary.json  source, n_related, degree histograms, a few neighbourhoods
+                          (source, target), scores float32 [C, n_seen] (what the choice ranked),
+                          padded bool [E] (chosen by the text-similarity tie-break, not the source)
+            summary.json  source, n_related, padded edges, degree histograms, a few neighbourhoods
 
 ``<graph>`` is ``<source>-n<n>``; ``source`` is ``llm`` (the ``category-relations`` corpus;
 ``llm-<corpus>`` for another corpus of that kind), ``random``, ``similarity`` or
@@ -26,11 +27,19 @@ Choices the paper leaves open (documented here, used by every source):
 * every label (seen and unseen) receives from exactly ``n`` *seen* labels, never itself
   (B.3: "each category receives from its top-n related seen categories");
 * ``llm``: mean High/Medium/Low = 3/2/1 over the corpus's queries, unlisted 0; ties (the
-  zeros included, when the LLM lists fewer than n) broken by text-embedding similarity;
+  zeros included, when the LLM lists fewer than n) broken by text-embedding similarity.
+  Such an edge is *padded*: the LLM did not list it, text similarity chose it. Padding
+  keeps every graph at in-degree exactly n (Figure 4 and Table 4 compare graphs of equal
+  n), so the "LLM" graph is partly a similarity graph where the LLM lists fewer than n;
+  how much is reported per graph: ``padded_edges`` / ``labels_padded`` in summary.json,
+  the stage metadata and the cell's metrics.json, and a ``padded`` flag per edge in
+  graph.npz;
 * ``random``: one fixed draw (seed :data:`RANDOM_GRAPH_SEED`), shared by every training
   seed, as the LLM graph is one fixed graph: the spread over seeds measures training only;
 * ``cooccurrence`` (Figure 10(a), no published number): P(j | i) over the train labels,
-  which annotate seen labels only; an unseen label's row is its text similarity.
+  which annotate seen labels only; an unseen label's row is its text similarity (every
+  unseen label's edges count as padded, as do seen labels' edges with P(j | i) = 0);
+* ``similarity`` and ``random`` pad nothing (their own score ranks every seen label).
 """
 
 from __future__ import annotations
@@ -250,7 +259,28 @@ def build_relation_graph(
         raise RelationsError(f"unknown relation source {source!r} (one of {SOURCES})")
     tgt = np.repeat(np.arange(n_labels), n_related)
     edges = np.stack([nb.reshape(-1), tgt], axis=1).astype(np.int64)
-    return {"neighbours": nb.astype(np.int64), "edges": edges, "scores": scores.astype(np.float32)}
+    return {
+        "neighbours": nb.astype(np.int64),
+        "edges": edges,
+        "scores": scores.astype(np.float32),
+        "padded": padded_edges(source, scores, edges, n_seen),
+    }
+
+
+def padded_edges(source: str, scores: np.ndarray, edges: np.ndarray, n_seen: int) -> np.ndarray:
+    """(E,) bool: the edges the source's own association did not choose, i.e. filled in by
+    the text-similarity tie-break to reach in-degree n. ``llm``: pairs the LLM never listed
+    (mean score 0); ``cooccurrence``: pairs never seen together in the train labels, and
+    every edge into an unseen label (its row is text similarity); ``similarity`` and
+    ``random``: none."""
+    import numpy as np
+
+    src, tgt = edges[:, 0], edges[:, 1]
+    if source == "llm":
+        return scores[tgt, src] <= 0
+    if source == "cooccurrence":
+        return (tgt >= n_seen) | (scores[tgt, src] <= 0)
+    return np.zeros(len(edges), dtype=bool)
 
 
 def graph_summary(graph: dict[str, np.ndarray], names: list[str], n_seen: int, k: int = 6) -> dict:
@@ -268,9 +298,18 @@ def graph_summary(graph: dict[str, np.ndarray], names: list[str], n_seen: int, k
 
     pick = list(range(min(3, n_seen))) + list(range(n_seen, min(c, n_seen + 3)))
     zero = int(sum((graph["scores"][t, s] <= 0) for s, t in edges))
+    padded = graph.get("padded")
+    padded = np.zeros(len(edges), bool) if padded is None else np.asarray(padded, bool)
+    per_label = np.bincount(edges[padded, 1], minlength=c)
+    unseen = per_label[n_seen:]
     return {
         "n_nodes": c,
         "n_edges": int(len(edges)),
+        "padded_edges": int(padded.sum()),
+        "padded_edges_into_unseen": int(unseen.sum()),
+        "labels_padded": int((per_label > 0).sum()),
+        "labels_all_padded": int((per_label == nb.shape[1]).sum()) if nb.shape[1] else 0,
+        "padded_by": "text similarity" if padded.any() else None,
         "in_degree_histogram": hist(indeg),
         "out_degree_histogram": hist(outdeg[:n_seen]),
         "edges_with_zero_score": zero,
@@ -326,6 +365,7 @@ def build_relations(
             neighbours=graph["neighbours"],
             edges=graph["edges"].astype(np.int32),
             scores=graph["scores"],
+            padded=graph["padded"],
         )
     write_json(folder / SUMMARY_FILE, summary)
     return folder
@@ -353,12 +393,15 @@ def load_graph(folder: Path, names: list[str]) -> dict[str, Any]:
     n = arrays["neighbours"].shape[1]
     if len(edges) != len(names) * n or edges.min() < 0 or edges.max() >= len(names):
         raise RelationsError(f"{path}: edges do not form an in-degree-{n} graph; rebuild it")
-    return {
+    out = {
         "neighbours": arrays["neighbours"].astype(np.int64),
         "edges": edges,
         "scores": arrays["scores"],
         "summary": read_json(Path(folder) / SUMMARY_FILE),
     }
+    if "padded" in arrays:
+        out["padded"] = arrays["padded"].astype(bool)
+    return out
 
 
 def load_cell_relations(params, dataset: str, variant: str, names: list[str]) -> dict[str, Any]:
@@ -387,6 +430,8 @@ def stage_metadata(folder: Path) -> dict[str, Any]:
         "n_nodes": s.get("n_nodes"),
         "n_edges": s.get("n_edges"),
         "edges_with_zero_score": s.get("edges_with_zero_score"),
+        "padded_edges": s.get("padded_edges"),
+        "labels_padded": s.get("labels_padded"),
         "degree histogram": {
             "type": "md",
             "value": f"in-degree (degree: labels): {hist}\n\n"

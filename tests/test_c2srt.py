@@ -345,3 +345,158 @@ def test_end_to_end_run_resumes_exactly_after_sigkill(tmp_path):
     b = load_file(str(tmp_path / "resumed.safetensors"))
     assert any(k.startswith("tower.") for k in a)  # the image encoder trained end to end
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ------------------------------------------------------------------- issue 21 (C2SRT)
+def test_loss_is_eq11_and_eq12_as_printed_sums_over_images_and_pairs(tmp_path):
+    """Default ``loss_reduction: sum``: L_cls = sum_k sum_{p, n} max(0, 1 - y_p + y_n) (Eq. 11
+    with the sign its sentence states) and L_dist = sum_k ||f_G - f_G^CLIP||_1 (Eq. 2),
+    L = L_cls + lambda L_dist (Eq. 12); ``mean`` keeps the earlier per-pair means."""
+    ctx = fake_context(tmp_path)
+    s = len(SEEN)
+    g = torch.Generator().manual_seed(3)
+    targets = torch.tensor(
+        np.random.default_rng(3).choice([-1, 0, 1], size=(5, s)), dtype=torch.int8
+    )
+    f_g = F.normalize(torch.randn(5, 16, generator=g), dim=-1)
+    teacher = F.normalize(torch.randn(5, 16, generator=g), dim=-1)
+    text = F.normalize(torch.randn(s, 16, generator=g), dim=-1)
+    h = torch.randn(5, s, 16, generator=g)  # IST outputs; scores = cos(h, text) (Eq. 10)
+    ref_rank, ref_rank_mean = 0.0, 0.0
+    cos = F.cosine_similarity(h, text.unsqueeze(0), dim=-1)
+    for k in range(5):
+        pairs = [
+            max(0.0, 1.0 - float(cos[k, p]) + float(cos[k, n]))
+            for p in range(s)
+            for n in range(s)
+            if targets[k, p] > 0 and targets[k, n] < 0
+        ]
+        ref_rank += sum(pairs)
+        ref_rank_mean += sum(pairs) / max(1, len(pairs)) / 5
+    l1 = (f_g - teacher).abs().sum(dim=-1)
+    out = {"h": h, "text": text, "f_g": f_g, "teacher": teacher}
+    for reduction, rank, dist in (
+        ("sum", ref_rank, float(l1.sum())),
+        ("mean", ref_rank_mean, float(l1.mean())),
+    ):
+        cfg = _cfg(isr=False, ist=False, lambda_dist=0.5, loss_reduction=reduction)
+        module = c2srt.C2SRTModule(cfg, ctx, None)
+        total, parts = module.loss(out, targets)
+        assert float(parts["rank"]) == pytest.approx(rank, rel=1e-5)
+        assert float(parts["dist"]) == pytest.approx(dist, rel=1e-5)
+        assert float(total) == pytest.approx(rank + 0.5 * dist, rel=1e-5)
+    assert c2srt.Config().loss_reduction == "sum"
+
+
+def test_isr_runs_in_float32_under_autocast():
+    """Training runs under bf16 autocast on CUDA, prediction in float32: ISR must pick the
+    same patches in both (CPU autocast rounds the einsum to bf16 the same way)."""
+    g = torch.Generator().manual_seed(1)
+    patches, text = torch.randn(6, 196, 64, generator=g), torch.randn(20, 64, generator=g)
+    ref_mask, ref_n = c2srt.isr_select(patches, text, 0.5, 32, 100.0)
+    ref_pool = c2srt.isr_pool(patches, ref_mask, ref_n)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mask, n = c2srt.isr_select(patches, text, 0.5, 32, 100.0)
+        pool = c2srt.isr_pool(patches, mask, n)
+    assert torch.equal(n, ref_n) and torch.equal(mask, ref_mask)
+    assert pool.dtype == torch.float32 and torch.equal(pool, ref_pool)
+
+
+def test_alpha_1_keeps_every_patch_up_to_the_cap():
+    """Figure 5's alpha = 1 ("all local features"): every patch, capped at N; a peaked
+    softmax whose float cumulative sum reaches 1.0 early must not stop the prefix."""
+    assert c2srt.Config(alpha=1.0).uses_local
+    with pytest.raises(ValueError):
+        c2srt.Config(alpha=1.01)
+    g = torch.Generator().manual_seed(2)
+    patches, text = torch.randn(3, 40, 16, generator=g), torch.randn(4, 16, generator=g)
+    _, n = c2srt.isr_select(patches, text, 1.0, 32, 1000.0)
+    assert (n == 32).all()
+    mask, n = c2srt.isr_select(patches, text, 1.0, 64, 1000.0)
+    assert (n == 40).all() and bool((mask == 1).all())
+
+
+def test_table3_row1_frozen_reading_trains_nothing_and_is_the_vlp_matching(tmp_path):
+    ctx = fake_context(tmp_path)
+    cfg = _cfg(finetune=False, distill=False, isr=False, ist=False)
+    assert not cfg.trains
+    method = c2srt.C2SRT(cfg)
+    summary = method.fit(ctx)
+    scores = method.predict(ctx)
+    assert summary["epochs"] == 0 and summary["trainable_params"] == 0
+    assert method.state_dict() == {}
+    g = F.normalize(ctx.features("test").global_.float(), dim=-1)
+    ref = F.cosine_similarity(
+        g.unsqueeze(1), ctx.label_embeddings("pool").float().unsqueeze(0), dim=-1
+    )
+    assert np.allclose(scores, ref.numpy(), atol=1e-5)
+    assert not any(Path(ctx.workdir).rglob("epoch-*"))  # no checkpoint: nothing was trained
+
+
+class _RowsOnly:
+    """A feature store that serves rows of ``global_`` and refuses ``patches`` (what a
+    streamed cache must be able to do for the teacher)."""
+
+    def __init__(self, feats):
+        self._g, self.reads = feats.global_, []
+
+    @property
+    def global_(self):
+        return self
+
+    def __getitem__(self, idx):
+        self.reads.append(len(idx))
+        return self._g[idx]
+
+    @property
+    def patches(self):
+        raise AssertionError("the teacher read the patch tokens")
+
+
+def test_teacher_reads_batch_rows_of_the_cache_or_runs_online(tmp_path):
+    ctx = fake_context(tmp_path)
+    feats = ctx.features("train")
+    spy = _RowsOnly(feats)
+    ctx.load_features = lambda split: spy if split == "train" else feats
+    ctx._cache.clear()
+    idx = torch.tensor([3, 0, 7, 5])
+    pix = ctx.backbone.uint8_to_tensor(ctx.open_images("train").get(idx.numpy(), 64))
+    batch = Batch(index=idx, pixels=pix)
+    cached = c2srt.C2SRTModule(_cfg(isr=False, ist=False), ctx, None).teacher(batch)
+    assert spy.reads == [4]  # one read of the batch's rows, never the whole array
+    online_module = c2srt.C2SRTModule(_cfg(isr=False, ist=False, teacher="online"), ctx, None)
+    online = online_module.teacher(batch)
+    assert spy.reads == [4]  # the online teacher never touches the cache
+    assert torch.allclose(online, cached, atol=2e-3)  # the cache is fp16
+    assert not any(k.startswith("_online") for k in online_module.state_dict())
+    with pytest.raises(ValueError, match="distill is off"):
+        _cfg(distill=False, teacher="online")
+
+
+def test_llm_graph_reports_its_padded_edges(tmp_path):
+    """Label 9 has two LLM-listed seen labels and n = 3: one edge is padded by text
+    similarity; a label with no listed label has all n padded; similarity pads nothing."""
+    ctx = fake_context(tmp_path)
+    s, c = len(SEEN), len(SEEN) + len(UNSEEN)
+    df = pl.DataFrame(
+        {
+            "label_id": [9, 9] + [i for i in range(c) if i != 9 for _ in range(3)],
+            "related_id": [5, 2]
+            + [j for i in range(c) if i != 9 for j in [x for x in range(s) if x != i][:3]],
+            "score": [3.0, 1.0] + [2.0] * (3 * (c - 1)),
+        },
+        schema={"label_id": pl.Int32, "related_id": pl.Int32, "score": pl.Float64},
+    )
+    df = df.filter(pl.col("label_id") != 10)  # label 10: nothing listed
+    g = c2srt.build_relation_graph(
+        "llm", n_related=3, n_seen=s, n_labels=c, text=ctx.label_embeddings(), corpus=df
+    )
+    summary = c2srt.graph_summary(g, ctx.label_space.names(), s)
+    assert summary["padded_edges"] == 1 + 3 and summary["labels_padded"] == 2
+    assert summary["labels_all_padded"] == 1 and summary["padded_edges_into_unseen"] == 4
+    assert summary["padded_by"] == "text similarity"
+    assert int(g["padded"][g["edges"][:, 1] == 9].sum()) == 1
+    sim = c2srt.build_relation_graph(
+        "similarity", n_related=3, n_seen=s, n_labels=c, text=ctx.label_embeddings()
+    )
+    assert c2srt.graph_summary(sim, ctx.label_space.names(), s)["padded_edges"] == 0

@@ -228,3 +228,57 @@ def test_all_task_is_the_full_label_set():
         scores, labels, 6, EvalConfig(top_k=[3], all_labels="unseen")
     )  # NUS-WIDE's 81
     assert m["all"] == m["zsl"] and m["meta"]["counts"]["all"]["classes"] == 3
+
+
+# ------------------------------------------------------------------- issue 21 (CoMC)
+def test_eq12_fuses_probabilities_without_saturating():
+    """fuse_probabilities is the logit of ½(σ(a) + σ(b)): the same order as Eq. 12's P, and
+    still distinct where float32 σ saturates to 1."""
+    from pipelines.methods.comc import fuse_probabilities
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(200, generator=g) * 4, torch.randn(200, generator=g) * 4
+    p = 0.5 * (torch.sigmoid(a.double()) + torch.sigmoid(b.double()))
+    out = fuse_probabilities(a.double(), b.double())
+    assert torch.allclose(out, torch.log(p / (1 - p)), atol=1e-9)
+    big = fuse_probabilities(torch.tensor([30.0, 30.0]), torch.tensor([31.0, 33.0]))
+    assert big[1] > big[0]  # float32 σ gives 1.0 for both
+    # not a monotone map of the logit average: the orders differ on some pairs
+    la = 0.5 * (a + b)
+    flips = ((la.unsqueeze(0) > la.unsqueeze(1)) & (out.unsqueeze(0) < out.unsqueeze(1))).sum()
+    assert int(flips) > 0
+
+
+def test_predict_fuses_probabilities_by_default_and_logits_on_request(tmp_path):
+    ctx, labels = synthetic(tmp_path)
+    m = CoMC(Config(epochs=2, lr=5e-3, batch_size=128, alpha=0.5))
+    m.fit(ctx)
+    feats, s = ctx.features("test"), m._label_text(ctx)
+    with torch.no_grad():
+        v = F.normalize(feats.global_.float(), dim=-1)
+        glob = m.classifier(m._fuse(v, s))
+        loc = F.normalize(feats.patches.float(), dim=-1)
+        agg = m.classifier(m._fuse(loc, s)).amax(dim=1)
+    p_final = 0.5 * (torch.sigmoid(glob.double()) + torch.sigmoid(agg.double()))  # Eq. 12
+    scores = torch.from_numpy(m.predict(ctx)).double()
+    for c in range(labels.shape[1]):  # per class, the images in Eq. 12's order
+        assert torch.equal(
+            torch.argsort(scores[:, c], stable=True), torch.argsort(p_final[:, c], stable=True)
+        )
+    m.config = Config(epochs=2, lr=5e-3, batch_size=128, alpha=0.5, fusion="logit")
+    assert np.allclose(m.predict(ctx), (0.5 * (glob + agg)).numpy(), atol=1e-5)
+
+
+def test_rank_scale_and_loss_on_set_what_eq3_ranks(tmp_path):
+    ctx, _ = synthetic(tmp_path)
+    x = F.normalize(torch.randn(6, DIM), dim=-1)
+    for cfg, expect in (
+        (Config(epochs=1), lambda z: z),
+        (Config(epochs=1, rank_scale=2.0), lambda z: 2.0 * z),
+        (Config(epochs=1, loss_on="probability"), torch.sigmoid),
+    ):
+        m = CoMC(cfg)
+        m.fit(ctx)
+        with torch.no_grad():
+            assert torch.allclose(m._train_scores(x), expect(m.classifier(x)), atol=1e-6)
+    assert (Config().rank_scale, Config().loss_on, Config().fusion) == (1.0, "logit", "probability")

@@ -120,3 +120,67 @@ def test_graph_stage_is_built_once_reused_and_has_the_in_degree(tmp_path, tiny_w
     metrics = json.loads((cell / "metrics.json").read_text())
     assert metrics["meta"]["fit"]["relation_graph"]["in_degree_histogram"] == {"3": n_labels}
     assert not list(cell.rglob("relation-graph.*"))
+
+
+# ------------------------------------------- the category-relations corpus (C2SRT B.3)
+def _prompts_by_label(cache_file) -> dict[str, set[tuple[str, ...]]]:
+    from pipelines.text import prompts as P
+
+    out: dict[str, set[tuple[str, ...]]] = {}
+    for line in cache_file.read_text().splitlines():
+        new, listed = P.relations_prompt_fields(json.loads(line)["messages"][0]["content"])
+        out.setdefault(new, set()).add(tuple(listed))
+    return out
+
+
+def test_relation_prompts_page_every_seen_label_past_the_cap(tmp_path):
+    """``max_seen_in_prompt`` no longer truncates the seen list to its first labels: each
+    query's shuffled pages list every seen label but the category itself exactly once, so
+    labels far down the list can be related; without a cap, one prompt lists them all."""
+    from collections import Counter
+
+    from pipelines.cells import build_dataset
+    from pipelines.data.prepared import PreparedDataset
+    from pipelines.text.corpora import build_corpus, corpus_meta, load_corpus
+    from tests.test_text_corpora import make_params
+
+    cap, n_queries = 30, 2
+    corpora = {
+        "paged": {"kind": "category-relations", "n_queries": n_queries, "max_seen_in_prompt": cap},
+        "whole": {"kind": "category-relations", "n_queries": 1},
+    }
+    params = make_params(tmp_path, corpora=corpora)
+    build_dataset(params, "toyworld", progress=False)
+    folder = build_corpus(params, "toyworld", "paged", progress=False)
+    meta, rel = corpus_meta(folder), load_corpus(params, "toyworld", "paged")
+    space = PreparedDataset.load(params.path("data") / "toyworld").label_space
+    seen = space.names()[: space.n_seen]
+    by_label = _prompts_by_label(folder / "cache.jsonl")
+    assert set(by_label) == set(space.names())
+    for name, pages in by_label.items():
+        assert all(len(p) <= cap for p in pages)
+        counts = Counter(s for p in pages for s in p)
+        assert set(counts) == set(seen) - {name}  # every other seen label ...
+        assert set(counts.values()) == {n_queries}  # ... once per query, over its pages
+    assert meta["counts"]["max_pages_per_query"] == -(-space.n_seen // cap)  # unseen labels
+    assert rel["related_id"].max() > cap  # a related label beyond the first `cap`
+
+    whole = build_corpus(params, "toyworld", "whole", progress=False)
+    for name, prompts in _prompts_by_label(whole / "cache.jsonl").items():
+        (listed,) = prompts
+        assert list(listed) == [s for s in seen if s != name]  # B.3 verbatim: the whole list
+    assert corpus_meta(whole)["counts"]["max_pages_per_query"] == 1
+
+
+def test_relations_answer_cut_at_the_token_limit_keeps_its_complete_blocks():
+    from pipelines.text import prompts as P
+
+    block = "Related Category {i}: {c}\n\n- **Type of Relationship:** Co-occurrence\n- **Association Strength:** {s}\n- **Explanation:** ...\n\n"
+    text = block.format(i=1, c="reef", s="High") + block.format(i=2, c="boat", s="Low")
+    cut = text + "Related Category 3: net\n\n- **Type of Relati"
+    assert [(r.category, r.score) for r in P.parse_relations(cut)] == [("reef", 3), ("boat", 1)]
+    broken = block.format(i=1, c="reef", s="High").replace("High", "") + block.format(
+        i=2, c="boat", s="Low"
+    )
+    with pytest.raises(P.ParseError):  # a block without strength in the middle is an error
+        P.parse_relations(broken)

@@ -4,9 +4,21 @@ Section 3 and supplementary B of ../shared/papers/c2srt.md.
 - **Vision encoder with distillation (Eq. 1-2).** A student image tower Phi_1, initialised
   from the VLP image tower, is fine-tuned end to end (images mode). Its unit-norm global
   feature f_G is pulled towards the frozen VLP's global feature f_G^CLIP by an L1 loss
-  (Eq. 2: sum over dimensions, mean over images). The teacher never runs during training:
-  f_G^CLIP is the cell's cached frozen feature of the same train image
-  (``ctx.features("train").global_[batch.index]``).
+  (Eq. 2: a sum over the dimensions). ``teacher: cache`` (default): the teacher never runs
+  during training; f_G^CLIP is the cell's cached frozen feature of the same train image,
+  read per batch (``ctx.features("train").global_[batch.index]``: never the whole array,
+  never the patch tokens, so a memory-mapped or streamed feature store serves it).
+  ``teacher: online``: the frozen tower runs on the batch's pixels instead (a dataset whose
+  train cache does not fit a node, e.g. Open Images' ~1.8 TB with patches; the same
+  features up to the cache's fp16 rounding). Scale: a fine-tuned row (images mode) reads
+  no cached patch tokens at all (the student tower makes its own, at test too); only the
+  frozen rows (``finetune: false``) read the cache's patches, and only with ISR on
+  (``feature_parts``: a streamed store then serves just the global rows). What is left is
+  outside this module: on a store that loads a split whole (pipelines/vlp/features.py
+  ``load_features`` on main), ``ctx.features("train")`` still reads the train patches into
+  memory the first time the teacher indexes it; with the streamed stores of the
+  feature-streaming work it reads only the batch's global rows, and ``teacher: online``
+  avoids the train cache on either.
 - **ISR, Algorithm 1 (Eq. 4-5).** Patch-to-text similarity s_i^(c) between every patch and
   every label's ensemble text feature (Eq. 24), softmax over the P patches, descending sort,
   and the smallest prefix whose mass reaches alpha, capped at N patches (line 6 of the
@@ -20,7 +32,11 @@ Section 3 and supplementary B of ../shared/papers/c2srt.md.
     as MKT does; pipelines/vlp/backbone.py ``image_tokens``), so they live in the text space.
   * *pooling*: mean of the L2-normalised selected patch features (f_L^(c)); f_G is unit norm
     too, and f_img^(c) = (f_L^(c) + f_G) / 2 (Eq. 6).
-  * alpha = 0 means "no local features" (Figure 5): f_img^(c) = f_G.
+  * alpha = 0 means "no local features" (Figure 5): f_img^(c) = f_G. alpha = 1 means "all
+    local features" (Figure 5's text) within Algorithm 1's cap: every patch up to N (set
+    ``max_patches`` to P for literally all of them).
+  * float32 always: under bf16 autocast the similarities would be rounded before the sort
+    in training but not at test (``isr_select``).
 - **IST (Eq. 6-10, 17-23).** Node features h_0^(c) = FFN_in([f_img^(c) || f_txt^(c)]) per image
   and label; ``gat_layers`` layers of multi-head GATv2 (torch_geometric ``GATv2Conv``) over a
   sparse, directed, unweighted graph in which each label receives from its top-n related
@@ -56,13 +72,36 @@ Section 3 and supplementary B of ../shared/papers/c2srt.md.
 - **Relation sources** (Table 4; ``relations``): ``llm`` (the ``category-relations``
   corpus: mean High/Medium/Low = 3/2/1 over queries, unlisted 0; each label keeps its top-n
   seen labels, ties, zeros included, broken by text-embedding similarity so the in-degree
-  is exactly n), ``random`` (n seen labels uniformly, seeded), ``similarity`` (text
+  is exactly n; the padded edges are counted in the graph's summary, see
+  pipelines/relations.py; every query shows the LLM every seen label, on pages of at most
+  ``max_seen_in_prompt`` where the list is longer, e.g. Open Images' 7,186: never only the
+  first 1,000, see pipelines/text/config.py ``CategoryRelationsConfig``), ``random`` (n seen labels uniformly, seeded), ``similarity`` (text
   embedding cosine), ``cooccurrence`` (extra, no published number: P(j | i) from the train
   labels, seen only; unseen labels have no train annotations, so an unseen label's row
   falls back to text similarity). A label never relates to itself.
 - **Loss (Eq. 11-12).** Ranking loss with margin 1 on the cosine scores over the annotated
-  seen labels (mean over the positive x negative pairs of an image, mean over images; the
-  paper writes the sum, which only rescales lr and lambda) plus lambda * L_dist.
+  seen labels, plus lambda * L_dist. Eq. 11 as printed reads max(y_p - y_n + 1, 0), which
+  is minimised by ranking negatives *above* positives; its own sentence ("scores of
+  positive labels ranked higher than those of negative labels by a minimum margin of 1")
+  and the BiAM / MKT loss it comes from are max(0, 1 - y_p + y_n): that is what runs here.
+  ``loss_reduction: sum`` (default) follows Eq. 11-12 as printed: L_cls sums the hinge over
+  the batch's images and their positive x negative pairs, and L_dist sums Eq. 2 over the
+  same images, so an image weighs by its number of pairs and the balance between the two
+  terms is the paper's. ``mean`` is the earlier normalisation (mean over an image's pairs,
+  then over images; L_dist averaged over images): under AdamW it is not a rescaling of lr
+  and lambda, because it re-weights images by 1 / (pairs) and multiplies the weight of
+  L_dist relative to L_cls by the number of pairs (~1,000 on iconworld and NUS-WIDE).
+  lambda is not printed (Figure 9 sweeps it; its values are only in the image): lambda = 1,
+  chosen before any run, because Eq. 12 with lambda = 1 is the printed L = L_cls + L_dist
+  of the method section and MKT (whose distilled ViT-B/16 and ranking loss C2SRT extends)
+  uses 1; under the sum it puts L_dist at 1 / (pairs) of L_cls per image, within a few
+  times of MKT's released normalisation (hinge mean over violating pairs, L1 mean over the
+  512 dimensions, lambda = 1). The iconworld table ``iconworld-c2srt-loss`` measures both.
+- **Table 3 row 1** ("the baseline, evaluated solely using the VLP model") has two
+  readings, both declared: the frozen VLP (``finetune: false``, no Dist / ISR / IST:
+  nothing trains, the scores are cos(f_G, f_txt) with the ensemble prompts, i.e. zero-shot
+  CLIP), the more natural one and the agreement pair's reference; and the tower fine-tuned
+  with L_cls alone (no distillation), the row above the "+ Dist" row.
 
 The graph is an artefact of its own: the stage ``relations@<dataset>@<backbone>@<source>-n<n>``
 (pipelines/relations.py: ``graph.npz`` + ``summary.json`` with degree histograms and a few
@@ -121,11 +160,13 @@ class Config(MethodConfig):
     4 related categories. lambda is not printed in the text (Figure 9 sweeps it): 1.0 here."""
 
     distill: bool = True  # Table 3 "Dist"
-    lambda_dist: Annotated[float, Field(ge=0)] = 1.0  # Eq. 12 (Figure 9)
+    lambda_dist: Annotated[float, Field(ge=0)] = 1.0  # Eq. 12 (Figure 9); see "Loss" above
+    loss_reduction: Literal["sum", "mean"] = "sum"  # Eq. 11-12 as printed, or per-pair means
+    teacher: Literal["cache", "online"] = "cache"  # f_G^CLIP: the feature cache, or run live
     finetune: bool = True  # the student tower trains (Eq. 1); false = frozen VLP features
     encoder_lr_scale: Annotated[float, Field(gt=0)] = 1.0  # lr multiplier for the student tower
     isr: bool = True  # Table 3 "ISR"
-    alpha: Annotated[float, Field(ge=0, lt=1)] = 0.5  # Figure 5; 0 = no local features
+    alpha: Annotated[float, Field(ge=0, le=1)] = 0.5  # Figure 5; 0 = none, 1 = all (up to N)
     max_patches: Annotated[int, Field(ge=1)] = 32  # N
     isr_temperature: Annotated[float, Field(gt=0)] = 100.0  # softmax scale (CLIP's logit scale)
     ist: bool = True  # Table 3 "IST"
@@ -155,6 +196,10 @@ class Config(MethodConfig):
     def _check(self) -> Config:
         if self.distill and not self.finetune:
             raise ValueError("distill needs finetune: a frozen tower is the teacher already")
+        if self.teacher == "online" and not self.distill:
+            raise ValueError(
+                "teacher 'online' runs the frozen VLP for distillation: distill is off"
+            )
         if self.finetune and self.train.input_mode == "features":
             raise ValueError(
                 "finetune trains the image encoder: input_mode must be 'auto' or 'images'"
@@ -164,6 +209,11 @@ class Config(MethodConfig):
     @property
     def uses_local(self) -> bool:
         return self.isr and self.alpha > 0
+
+    @property
+    def trains(self) -> bool:
+        """False for Table 3 row 1 read as the frozen VLP: no tower, no ISR/IST weights."""
+        return self.finetune or self.ist or self.prompts == "tuning"
 
 
 # ---------------------------------------------------------------------------- ISR (Alg. 1)
@@ -179,29 +229,38 @@ def isr_select(
     patches (B, P, D), text (C, D) -> (mask (B, C, P) float with 1 on the selected patches,
     counts (B, C) long = the prefix length n). Similarity is the cosine (Eq. 4) times
     ``temperature``; softmax over patches; descending sort; n = the first i (1-based) with
-    cumsum_i >= alpha, or N (line 6), whichever comes first.
+    cumsum_i >= alpha, or N (line 6), whichever comes first. ``alpha >= 1`` keeps every
+    patch up to the cap (Figure 5's "alpha = 1: all local features"): a float cumulative sum
+    can reach 1.0 before the last patch, so that case does not go through the threshold.
+
+    Always in float32, autocast or not: under bf16 autocast (training on CUDA) the einsum
+    would round the similarities to ~3 significant digits, and the sort and the prefix would
+    then pick other patches in training than at test, which runs in float32.
     """
-    p = F.normalize(patches.float(), dim=-1)
-    t = F.normalize(text.float(), dim=-1)
-    s = torch.softmax(temperature * torch.einsum("bpd,cd->bcp", p, t), dim=-1)  # lines 1-3
-    sorted_s, order = s.sort(dim=-1, descending=True, stable=True)  # line 4
-    reached = sorted_s.cumsum(dim=-1) >= alpha  # (B, C, P)
-    n_alpha = torch.where(
-        reached.any(dim=-1),
-        reached.float().argmax(dim=-1) + 1,
-        torch.full_like(order[..., 0], s.shape[-1]),
-    )
-    n = n_alpha.clamp(max=max_patches)  # line 6: ... or i >= N
-    ranks = torch.arange(s.shape[-1], device=s.device)
-    keep_sorted = (ranks < n.unsqueeze(-1)).float()
-    mask = torch.zeros_like(s).scatter(-1, order, keep_sorted)
+    with torch.autocast(patches.device.type, enabled=False):
+        p = F.normalize(patches.float(), dim=-1)
+        t = F.normalize(text.float(), dim=-1)
+        s = torch.softmax(temperature * torch.einsum("bpd,cd->bcp", p, t), dim=-1)  # lines 1-3
+        sorted_s, order = s.sort(dim=-1, descending=True, stable=True)  # line 4
+        n_all = torch.full_like(order[..., 0], s.shape[-1])
+        if alpha >= 1:
+            n_alpha = n_all
+        else:
+            reached = sorted_s.cumsum(dim=-1) >= alpha  # (B, C, P)
+            n_alpha = torch.where(reached.any(dim=-1), reached.float().argmax(dim=-1) + 1, n_all)
+        n = n_alpha.clamp(max=max_patches)  # line 6: ... or i >= N
+        ranks = torch.arange(s.shape[-1], device=s.device)
+        keep_sorted = (ranks < n.unsqueeze(-1)).float()
+        mask = torch.zeros_like(s).scatter(-1, order, keep_sorted)
     return mask, n
 
 
 def isr_pool(patches: torch.Tensor, mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 / line 12: f_L^(c) = mean of the selected L2-normalised patch features, (B, C, D)."""
-    p = F.normalize(patches.float(), dim=-1)
-    return torch.einsum("bcp,bpd->bcd", mask, p) / counts.unsqueeze(-1).to(p.dtype)
+    """Eq. 5 / line 12: f_L^(c) = mean of the selected L2-normalised patch features, (B, C, D),
+    in float32 as :func:`isr_select`."""
+    with torch.autocast(patches.device.type, enabled=False):
+        p = F.normalize(patches.float(), dim=-1)
+        return torch.einsum("bcp,bpd->bcd", mask.float(), p) / counts.unsqueeze(-1).to(p.dtype)
 
 
 # -------------------------------------------------------------------------------- IST
@@ -312,8 +371,15 @@ class C2SRTModule(TrainModule):
             "images" if cfg.finetune or cfg.train.input_mode == "images" else "features"
         )
         self.tower = ImageTower(bb, trainable=cfg.finetune) if self.input_mode == "images" else None
-        self._teacher: torch.Tensor | None = None
+        # features mode: the cached tensors the batches need (a streamed feature store reads
+        # only these); the patch tokens only for ISR
+        self.feature_parts = ("global", "patches") if cfg.uses_local else ("global",)
         self._ctx = ctx
+        # teacher "online": a frozen copy of the VLP tower; not a submodule, so it is never
+        # optimised nor checkpointed (it is the backbone's own weights)
+        self._online_teacher = (
+            [ImageTower(bb, trainable=False)] if cfg.distill and cfg.teacher == "online" else []
+        )
         lab_cfg = SimpleNamespace(prompts=cfg.prompts, n_ctx=cfg.n_ctx, unfreeze_text=False)
         self.labels = LabelEncoder(lab_cfg, ctx)
         d = bb.embed_dim
@@ -336,11 +402,20 @@ class C2SRTModule(TrainModule):
             seen = (e[0] < self.n_seen) & (e[1] < self.n_seen)
             self.register_buffer("edges_seen", e[:, seen], persistent=False)
 
-    def teacher(self, index: torch.Tensor) -> torch.Tensor:
-        """f_G^CLIP of the batch's train images, from the frozen feature cache (Eq. 2)."""
-        if self._teacher is None:
-            self._teacher = self._ctx.features("train").global_
-        return self._teacher[index.cpu()].float()
+    def teacher(self, batch: Batch) -> torch.Tensor:
+        """f_G^CLIP of the batch's train images (Eq. 2), unit norm, float32.
+
+        ``cache``: the batch's rows of the frozen feature cache's global embeddings, indexed
+        per batch (``global_[index]``: a memory-mapped or streamed ``Features`` serves just
+        those rows; the patch tokens are never read). ``online``: the frozen VLP tower run on
+        the batch's pixels, for a dataset whose cache does not fit (same features, up to the
+        cache's fp16 rounding)."""
+        if self._online_teacher:
+            tower = self._online_teacher[0].to(batch.pixels.device)
+            with torch.no_grad():
+                g, _ = tower(batch.pixels)  # unit norm (ImageTower)
+            return g.float()
+        return torch.as_tensor(self._ctx.features("train").global_[batch.index.cpu()]).float()
 
     def forward(self, batch: Batch, *, seen_only: bool = True) -> dict[str, torch.Tensor]:
         f_g, patches = features_or_tower(batch, self.tower)
@@ -359,7 +434,7 @@ class C2SRTModule(TrainModule):
             h = self.ist(f_img, text, self.edges_seen if seen_only else self.edges_all)
         out = {"h": h, "text": text, "f_g": f_g}
         if self.training and self.cfg.distill and batch.pixels is not None:
-            out["teacher"] = self.teacher(batch.index).to(f_g.device)
+            out["teacher"] = self.teacher(batch).to(f_g.device)
         return out
 
     def scores(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -367,10 +442,11 @@ class C2SRTModule(TrainModule):
         return F.cosine_similarity(outputs["h"], outputs["text"].unsqueeze(0), dim=-1)
 
     def loss(self, outputs, targets):
-        rank = ranking_loss(self.scores(outputs).float(), targets, self.cfg.margin)  # Eq. 11
-        if "teacher" not in outputs:
+        reduction = "sum" if self.cfg.loss_reduction == "sum" else "pair_mean"
+        rank = ranking_loss(self.scores(outputs).float(), targets, self.cfg.margin, reduction)
+        if "teacher" not in outputs:  # Eq. 11
             return rank, {"rank": rank.detach()}
-        dist = distillation_loss(outputs["f_g"], outputs["teacher"])  # Eq. 2
+        dist = distillation_loss(outputs["f_g"], outputs["teacher"], self.cfg.loss_reduction)
         return rank + self.cfg.lambda_dist * dist, {"rank": rank.detach(), "dist": dist.detach()}
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -380,9 +456,13 @@ class C2SRTModule(TrainModule):
         return [{"params": rest, "lr": lr}, {"params": enc, "lr": lr * self.cfg.encoder_lr_scale}]
 
 
-def distillation_loss(f_g: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Eq. 2: ||f_G - f_G^CLIP||_1 per image (both unit norm), averaged over the batch."""
-    return (f_g.float() - teacher.float()).abs().sum(dim=-1).mean()
+def distillation_loss(
+    f_g: torch.Tensor, teacher: torch.Tensor, reduction: Literal["sum", "mean"] = "sum"
+) -> torch.Tensor:
+    """Eq. 2: ||f_G - f_G^CLIP||_1 per image (both unit norm: a sum over the dimensions),
+    summed over the batch's images as Eq. 11 sums L_cls (``sum``), or averaged (``mean``)."""
+    per_image = (f_g.float() - teacher.float()).abs().sum(dim=-1)
+    return per_image.sum() if reduction == "sum" else per_image.mean()
 
 
 class C2SRT(Method):
@@ -433,9 +513,13 @@ class C2SRT(Method):
         if self.graph is not None:
             fp["graph"] = _digest(self.graph["edges"])
         self.trainer = Trainer(cfg.train, ctx, fingerprint=fp)
-        result = self.trainer.fit(self.module)
+        if cfg.trains:
+            fitted = self.trainer.fit(self.module).summary()
+        else:  # Table 3 row 1, frozen reading: nothing to train, cos(f_G, f_txt) as it is
+            self.module.eval()
+            fitted = {"epochs": 0, "trainable_params": 0, "input_mode": self.module.input_mode}
         return {
-            **result.summary(),
+            **fitted,
             "backbone": ctx.backbone_name,
             "modules": {"dist": cfg.distill, "isr": cfg.uses_local, "ist": cfg.ist},
             "relations": cfg.relations if cfg.ist else None,

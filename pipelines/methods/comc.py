@@ -13,7 +13,28 @@ Inference (§3.3, Algorithm 2), from the frozen-backbone feature cache:
 - image-to-text mapping (Eq. 4-5): m = Σ_i softmax_i(s_iᵀ v / τ) s_i over the label
   embeddings s_i of "a photo of a/an [c].", τ = 1/100;
 - fusion (Eq. 6-7): u = α v + (1 - α) m (α: 0.7 COCO, 0.4 VOC, 0.5 NUS-WIDE);
-- scores (Eq. 8-12): P = ½ (f_θ(u^g) + max_j f_θ(u^l_j)).
+- scores (Eq. 8-12): P^final = ½ (σ(f_θ(u^g)) + max_j σ(f_θ(u^l_j))), Eq. 12's average of
+  *probabilities* (``fusion: probability``, the default; stored as its logit, the same
+  order, see :func:`fuse_probabilities`). Averaging sigmoids is not a monotone map of
+  averaging logits: a class whose global and local logits disagree ranks its images
+  differently. ``fusion: logit`` averages the logits instead (the first implementation,
+  and what TaI-DPT's evaluator does with its global and local logits); the iconworld
+  table ``iconworld-comc-fusion`` measures both.
+
+Training choices the paper leaves open, checked against TaI-DPT's public code
+(guozix/TaI-DPT), whose ranking loss Eq. 3 says it follows:
+- *what Eq. 3 ranks* (``loss_on``): Eq. 2 calls f_θ's outputs probabilities, but the hinge
+  max(0, m - (p_j - p_k)) with m = 1 can never reach 0 on probabilities (p_j - p_k < 1), and
+  TaI-DPT's ``ranking_loss`` ranks logits; ``logit`` (default) ranks f_θ's logits,
+  ``probability`` their sigmoid.
+- *scale* (``rank_scale``): TaI-DPT's ``ranking_loss(y_pred, y_true, scale_=2.0,
+  margin_=1)`` multiplies its inputs by ``scale_`` before the margin; its training loop
+  uses that default only for ``LOSSFUNC: ranking`` and passes ``scale_=1.0`` for
+  ``double_ranking``, which its three released configs (COCO, VOC2007, NUS-WIDE) select,
+  on logits that already carry a fixed 4.0 logit scale. CoMC's f_θ is a free linear layer
+  (its scale is learned), so a constant multiplier is the margin m / scale at a larger
+  step; Eq. 3 prints m = 1 and no scale: ``rank_scale: 1`` (default). The variant
+  ``comc-icon-scale-2`` runs TaI-DPT's default 2.0.
 
 Ablations (Table 4): ``local: false`` scores with f_θ(u^g) only; ``mapping: false``
 feeds v itself (α = 1). Few-shot (Table 3): ``few_shot: k`` fine-tunes f_θ afterwards
@@ -25,7 +46,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -49,6 +70,9 @@ class Config(MethodConfig):
     alpha: Annotated[float, Field(ge=0, le=1)] = 0.7  # Eq. 6-7
     tau: Annotated[float, Field(gt=0)] = 0.01  # Eq. 4-5
     margin: Annotated[float, Field(gt=0)] = 1.0  # Eq. 3
+    rank_scale: Annotated[float, Field(gt=0)] = 1.0  # scores x this before the margin (TaI-DPT)
+    loss_on: Literal["logit", "probability"] = "logit"  # Eq. 3's p: f_theta's logit, or sigmoid
+    fusion: Literal["probability", "logit"] = "probability"  # Eq. 12: average sigmoids, or logits
     epochs: Annotated[int, Field(ge=1)] = 30
     batch_size: Annotated[int, Field(ge=1)] = 256
     lr: Annotated[float, Field(gt=0)] = 1e-4
@@ -61,6 +85,16 @@ class Config(MethodConfig):
 def photo_prompt(name: str) -> str:
     """CoMC's label-specific text template, "a photo of a/an [c]."."""
     return f"a photo of {'an' if name[:1].lower() in 'aeiou' else 'a'} {name}."
+
+
+def fuse_probabilities(glob: torch.Tensor, agg: torch.Tensor) -> torch.Tensor:
+    """Eq. 12 on probabilities, P = ½(σ(glob) + σ(agg)), returned as its logit
+    log(P / (1 - P)): the same order as P (every metric here is a ranking), without the
+    float32 saturation of σ at large logits that would tie images at P = 1.
+    ``agg`` = max_j f_θ(u^l_j); σ is monotone, so σ(max_j z_j) = max_j σ(z_j) (Eq. 10)."""
+    pos = torch.logaddexp(F.logsigmoid(glob), F.logsigmoid(agg))  # log(2P)
+    neg = torch.logaddexp(F.logsigmoid(-glob), F.logsigmoid(-agg))  # log(2(1 - P))
+    return pos - neg
 
 
 def ranking_loss(scores: torch.Tensor, targets: torch.Tensor, margin: float) -> torch.Tensor:
@@ -162,7 +196,7 @@ class CoMC(Method):
             total, count = 0.0, 0
             for i in range(0, len(x), cfg.batch_size):
                 idx = order[i : i + cfg.batch_size]
-                loss = ranking_loss(self.classifier(x[idx]), y[idx], cfg.margin)
+                loss = ranking_loss(self._train_scores(x[idx]), y[idx], cfg.margin)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -172,6 +206,15 @@ class CoMC(Method):
             losses.append(total / max(1, count))
             log_metrics({f"{prefix}loss": losses[-1]}, epoch)
         return losses
+
+    def _train_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """What Eq. 3 ranks: f_θ's logits (default: TaI-DPT's ranking loss, which Eq. 3
+        follows, ranks logits) or their sigmoid, times ``rank_scale``."""
+        assert self.classifier is not None
+        z = self.classifier(x)
+        return self.config.rank_scale * (
+            torch.sigmoid(z) if self.config.loss_on == "probability" else z
+        )
 
     def fit(self, ctx: CellContext) -> dict[str, Any]:
         cfg = self.config
@@ -246,11 +289,14 @@ class CoMC(Method):
         out = []
         for i in range(0, len(feats), 256):
             v = F.normalize(feats.global_[i : i + 256].float(), dim=-1)
-            p = f(self._fuse(v, s))  # Eq. 8
+            p = f(self._fuse(v, s))  # Eq. 8 (logits; σ(p) is P^glob)
             if self.config.local:
                 loc = F.normalize(feats.patches[i : i + 256].float(), dim=-1)  # [B, K, D]
                 q = f(self._fuse(loc, s)).amax(dim=1)  # Eq. 9-11
-                p = 0.5 * (p + q)  # Eq. 12
+                if self.config.fusion == "probability":  # Eq. 12, as the logit of P^final
+                    p = fuse_probabilities(p.double(), q.double()).float()
+                else:
+                    p = 0.5 * (p + q)
             out.append(p)
         return torch.cat(out).numpy().astype(np.float32)
 

@@ -176,17 +176,29 @@ def classification_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Te
     return (bce * known).sum(dim=1).mean()
 
 
-def ranking_loss(scores: torch.Tensor, targets: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
-    """Table 5's ranking baseline (MKT): mean over (positive p, negative n) pairs of
-    max(0, margin - s_p + s_n), on cosine scores; images without a pair count 0."""
+def ranking_loss(
+    scores: torch.Tensor,
+    targets: torch.Tensor,
+    margin: float = 1.0,
+    reduction: Literal["pair_mean", "sum"] = "pair_mean",
+) -> torch.Tensor:
+    """The pairwise hinge max(0, margin - s_p + s_n) over every (positive p, negative n)
+    pair of an image's annotated labels, on cosine scores.
+
+    ``pair_mean`` (QKS Table 5's ranking baseline): mean over an image's pairs, then over
+    images; an image without a pair counts 0. ``sum`` (C2SRT Eq. 11 as printed): the sum
+    over images and pairs, so an image weighs by its number of pairs."""
     scores, targets = compact_annotated(scores, targets)
     pos = (targets > 0).to(scores.dtype)
     neg = (targets < 0).to(scores.dtype)
     hinge = (margin - scores.unsqueeze(2) + scores.unsqueeze(1)).clamp(min=0)  # [b, p, n]
     pair = pos.unsqueeze(2) * neg.unsqueeze(1)
-    n_pairs = pair.sum(dim=(1, 2))
-    per_image = (hinge * pair).sum(dim=(1, 2)) / n_pairs.clamp(min=1)
-    return per_image.mean()
+    per_image = (hinge * pair).sum(dim=(1, 2))
+    if reduction == "sum":
+        return per_image.sum()
+    if reduction != "pair_mean":
+        raise ValueError(f"ranking_loss: reduction {reduction!r} is not 'pair_mean' or 'sum'")
+    return (per_image / pair.sum(dim=(1, 2)).clamp(min=1)).mean()
 
 
 # ----------------------------------------------------------------------------- label side

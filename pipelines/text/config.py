@@ -87,12 +87,19 @@ class ClassDescriptionsConfig(_CorpusBase):
 class CategoryRelationsConfig(_CorpusBase):
     """C2SRT supplementary B.3: for each category, the related *seen* categories with a
     relationship type and a strength High/Medium/Low (3/2/1; unlisted = 0), averaged
-    over ``n_queries`` queries; the ``top_k`` best become the category's in-edges."""
+    over ``n_queries`` queries; the ``top_k`` best become the category's in-edges.
+
+    Every query shows the LLM every seen category (B.3 gives it "the list of seen
+    categories"). ``max_seen_in_prompt`` caps how many one prompt lists: a longer list
+    (Open Images: 7,186 seen labels) is shuffled per (category, query) and split into
+    pages of at most that many, one prompt each, so the LLM still judges every pair, and a
+    pair's score is the mean over the queries whose page listed it. ``null``: one prompt
+    with the whole list, whatever its length."""
 
     kind: Literal["category-relations"] = "category-relations"
     n_queries: Annotated[int, Field(ge=1)] = 3
     top_k: Annotated[int, Field(ge=1)] = 8
-    max_seen_in_prompt: Annotated[int, Field(ge=1)] = 1000
+    max_seen_in_prompt: Annotated[int, Field(ge=1)] | None = None
 
 
 CorpusConfig = Annotated[

@@ -301,6 +301,21 @@ def build_class_descriptions(
     return df, stats
 
 
+def relation_pages(
+    cfg: CategoryRelationsConfig, name: str, query: int, others: list[int]
+) -> list[list[int]]:
+    """The seen labels (indices into ``others``' label space) each prompt of one (category,
+    query) lists: all of them in order when they fit ``max_seen_in_prompt`` (or it is
+    null), else a seeded shuffle split into equal pages of at most that many."""
+    cap = cfg.max_seen_in_prompt
+    if cap is None or len(others) <= cap:
+        return [others]
+    rng = np.random.default_rng(request_seed(cfg.seed, f"{name}#q{query}", 0))
+    order = [others[i] for i in rng.permutation(len(others))]
+    n_pages = -(-len(order) // cap)
+    return [[int(x) for x in page] for page in np.array_split(np.asarray(order), n_pages)]
+
+
 def build_category_relations(
     cfg: CategoryRelationsConfig,
     k: Knowledge,
@@ -311,58 +326,66 @@ def build_category_relations(
 ) -> Any:
     """C2SRT B.3: for each category, ``n_queries`` answers listing related *seen*
     categories with High/Medium/Low (3/2/1, unlisted 0); mean over the queries; the
-    ``top_k`` best become the category's in-edges (sparse, directed, unweighted)."""
+    ``top_k`` best become the category's in-edges (sparse, directed, unweighted).
+
+    Each query lists every seen category but the category itself, on one prompt or, past
+    ``max_seen_in_prompt``, on pages of one prompt each (:func:`relation_pages`); a pair's
+    mean is over the answered prompts that listed it, and an answer naming a seen category
+    its prompt did not list is ignored (counted as unknown)."""
     import polars as pl
 
     names, seen = k.names, k.names[:n_seen]
     seen_pos = {s.lower(): i for i, s in enumerate(seen)}
-    jobs = [
-        Job(
-            f"{name}#q{q}",
-            P.relations_prompt(name, [s for s in seen if s != name][: cfg.max_seen_in_prompt]),
-        )
-        for name in names
-        for q in range(cfg.n_queries)
-    ]
+    prompt_of: dict[str, tuple[int, int, list[int]]] = {}  # job id -> (label, query, listed)
+    jobs = []
+    for j, name in enumerate(names):
+        others = [i for i, s in enumerate(seen) if s != name]
+        for q in range(cfg.n_queries):
+            split = relation_pages(cfg, name, q, others)
+            for pg, listed in enumerate(split):
+                job_id = f"{name}#q{q}" if len(split) == 1 else f"{name}#q{q}p{pg}"
+                prompt_of[job_id] = (j, q, listed)
+                jobs.append(Job(job_id, P.relations_prompt(name, [seen[i] for i in listed])))
     parsed, stats = run(jobs, lambda job, text: P.parse_relations(text))
     answers, unknown = [], 0
     scores = np.zeros((len(names), n_seen), dtype=np.float64)
-    answered = np.zeros(len(names), dtype=np.int64)
-    for j, name in enumerate(names):
-        for q in range(cfg.n_queries):
-            rels = parsed.get(f"{name}#q{q}")
-            if rels is None:
+    shown = np.zeros((len(names), n_seen), dtype=np.int64)  # answered prompts listing the pair
+    types: dict[tuple[int, int], Counter] = {}  # (label, related) -> relationship types given
+    for job in jobs:
+        rels = parsed.get(job.id)
+        if rels is None:
+            continue
+        j, q, listed = prompt_of[job.id]
+        name = names[j]
+        shown[j, listed] += 1
+        allowed = set(listed)
+        best: dict[int, int] = {}
+        for r in rels:
+            s = seen_pos.get(r.category.lower())
+            if s is None or s not in allowed:
+                unknown += 1
                 continue
-            answered[j] += 1
-            best: dict[int, int] = {}
-            for r in rels:
-                s = seen_pos.get(r.category.lower())
-                if s is None or seen[s] == name:
-                    unknown += 1
-                    continue
-                best[s] = max(best.get(s, 0), r.score)
-                answers.append(
-                    {
-                        "label": name,
-                        "label_id": j,
-                        "query": q,
-                        "related": seen[s],
-                        "related_id": s,
-                        "relation": r.relation,
-                        "strength": r.strength,
-                        "score": r.score,
-                    }
-                )
-            for s, v in best.items():
-                scores[j, s] += v
-    mean = scores / np.maximum(answered, 1)[:, None]
+            best[s] = max(best.get(s, 0), r.score)
+            types.setdefault((j, s), Counter())[r.relation] += 1
+            answers.append(
+                {
+                    "label": name,
+                    "label_id": j,
+                    "query": q,
+                    "related": seen[s],
+                    "related_id": s,
+                    "relation": r.relation,
+                    "strength": r.strength,
+                    "score": r.score,
+                }
+            )
+        for s, v in best.items():
+            scores[j, s] += v
+    mean = scores / np.maximum(shown, 1)
     rows, edges = [], []
     for j, name in enumerate(names):
         order = [s for s in np.argsort(-mean[j], kind="stable") if mean[j, s] > 0]
         for rank, s in enumerate(order):
-            types = Counter(
-                a["relation"] for a in answers if a["label_id"] == j and a["related_id"] == s
-            )
             rows.append(
                 {
                     "label": name,
@@ -372,7 +395,7 @@ def build_category_relations(
                     "score": float(mean[j, s]),
                     "rank": rank,
                     "edge": rank < cfg.top_k,
-                    "relation": types.most_common(1)[0][0],
+                    "relation": types[(j, int(s))].most_common(1)[0][0],
                 }
             )
             if rank < cfg.top_k:
@@ -420,6 +443,10 @@ def build_category_relations(
         {
             "categories": len(names),
             "seen": n_seen,
+            "prompts": len(jobs),
+            "max_pages_per_query": max(
+                Counter(x[:2] for x in prompt_of.values()).values(), default=0
+            ),
             "answers": len(answers),
             "edges": len(edges),
             "unknown_categories_listed": unknown,

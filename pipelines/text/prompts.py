@@ -362,17 +362,23 @@ _STRENGTH = re.compile(r"Association Strength:?\**:?\s*\**\s*(High|Medium|Low)\b
 
 
 def parse_relations(text: str) -> list[Relation]:
-    """The related categories of a B.3 answer; [] when the answer says there are none."""
+    """The related categories of a B.3 answer; [] when the answer says there are none.
+
+    A block without an association strength is an error, except the last one: an answer
+    cut at the token limit ends mid-block, and the complete blocks before it stand."""
     if _REFUSAL.search(text):
         raise ParseError("refusal")
     blocks = re.split(r"(?=Related Category\s*\d*\s*:)", text, flags=re.I)
+    heads = [i for i, b in enumerate(blocks) if _BLOCK.match(b.strip())]
     out: list[Relation] = []
-    for block in blocks:
+    for i, block in enumerate(blocks):
         head = _BLOCK.match(block.strip())
         if not head:
             continue
         name = re.sub(r"[*\"“”]", "", head.group(1)).strip().rstrip(".").strip()
         strength = _STRENGTH.search(block)
+        if (not name or not strength) and i == heads[-1] and out:
+            break  # truncated final block
         if not name or not strength:
             raise ParseError(f"related category {name!r} has no association strength")
         kind = _TYPE.search(block)
