@@ -183,6 +183,7 @@ def build_graph(params: Params) -> dict[str, Stage]:
         )
 
     def corpus_stage(ds: str, name: str) -> str:
+        released = getattr(params.corpora[name], "released", None)  # a file read, not asked
         return add(
             Stage(
                 "corpus",
@@ -191,6 +192,7 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 _rel(params, "data", "corpora", ds, name),
                 (f"corpora.{name}",),
                 TEXT_CODE,
+                (released,) if released else (),
             )
         )
 
@@ -307,6 +309,7 @@ TEXT_CODE = (
     "pipelines/text/knowledge.py",
     "pipelines/text/providers.py",
     "pipelines/text/cache.py",
+    "pipelines/text/released.py",
 )
 
 
@@ -386,6 +389,10 @@ def fingerprint(
     h.update(json.dumps([st.name, param_values(params, st.params)], sort_keys=True).encode())
     for code in st.code:
         h.update(code.encode() + _file_digest(REPO_ROOT / code).encode())
+    for extra in st.extra_deps:  # files read besides code (a released corpus); not folders
+        path = Path(extra) if Path(extra).is_absolute() else params.root / extra
+        if path.is_file():
+            h.update(extra.encode() + _file_digest(path).encode())
     for dep in st.deps:
         h.update(fingerprint(params, graph, dep, memo).encode())
         h.update(recorded_outputs_digest(params, graph, dep).encode())
