@@ -536,3 +536,37 @@ def test_figure5_on_nus_wide_reads_the_groups_and_keeps_images_with_a_positive(t
     assert row["n_images"] == int(with_pos.sum()) == n - 10
     for key, value in want.items():
         assert row[key] == pytest.approx(value), key
+
+
+def test_the_real_rows_follow_the_reference_and_declare_our_variants():
+    """params.real.yaml: N(0, 0.02) init on every real row, the authors' released corpus
+    for COCO, the reference's selection and our name init as their own rows, Open Images
+    with its own entry (not NUS-WIDE's by alias)."""
+    from pathlib import Path
+
+    from pipelines.config import load_params
+    from pipelines.graph import build_graph
+    from pipelines.plan import corpus_needs
+
+    root = Path(__file__).resolve().parents[1]
+    real = load_params(root / "params.real.yaml")
+    cfg = real.method_config
+    for ds in ("nus-wide", "coco"):
+        assert cfg(f"rcnn-{ds}").init == "random" and cfg(f"rcnn-{ds}").select == "last"
+        assert cfg(f"rcnn-{ds}-init-name").init == "name"
+        for task in ("zsl", "gzsl"):
+            assert cfg(f"rcnn-{ds}-best-{task}").select == f"best-test-{task}"
+    assert {"rcnn-coco-best-zsl", "rcnn-coco-best-gzsl"} <= set(real.tables["rcnn-table1"].rows)
+    sel = real.table_cells("rcnn-table2-nus-wide-selection")
+    assert ("nus-wide", "rcnn-nus-wide-best-zsl") in sel
+    assert all(ds == "nus-wide" for ds, _ in sel)
+    released = real.corpora[cfg("rcnn-coco").corpus]
+    assert released.released == "../shared/data/coco/rcnn_llm_descriptions_65.json"
+    graph = build_graph(real)
+    stage = graph["corpus@coco-zsl@class-descriptions-rcnn-coco"]
+    assert stage.extra_deps == (released.released,)
+    if (root / released.released).exists():
+        assert corpus_needs(real, "class-descriptions-rcnn-coco")[0] == []
+    oi, nus = cfg("rcnn-open-images"), cfg("rcnn-nus-wide")
+    assert oi.select_k == 10 and nus.select_k == 3  # Open Images reads F1 at top-10
+    assert "NUS-WIDE settings" not in real.variants["rcnn-open-images"].description
