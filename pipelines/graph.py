@@ -190,6 +190,7 @@ def build_graph(params: Params) -> dict[str, Stage]:
         )
 
     def corpus_stage(ds: str, name: str) -> str:
+        released = getattr(params.corpora[name], "released", None)  # a file read, not asked
         return add(
             Stage(
                 "corpus",
@@ -198,6 +199,7 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 _rel(params, "data", "corpora", ds, name),
                 (f"corpora.{name}",),
                 TEXT_CODE,
+                (released,) if released else (),
             )
         )
 
@@ -314,6 +316,7 @@ TEXT_CODE = (
     "pipelines/text/knowledge.py",
     "pipelines/text/providers.py",
     "pipelines/text/cache.py",
+    "pipelines/text/released.py",
 )
 
 
@@ -390,6 +393,10 @@ def code_version(params: Params, graph: dict[str, Stage], name: str) -> str:
     h.update(json.dumps([st.name, param_values(params, st.params)], sort_keys=True).encode())
     for code in st.code:
         h.update(code.encode() + _file_digest(REPO_ROOT / code).encode())
+    for extra in st.extra_deps:  # files read besides code (a released corpus); not folders
+        path = Path(extra) if Path(extra).is_absolute() else params.root / extra
+        if path.is_file():
+            h.update(extra.encode() + _file_digest(path).encode())
     return h.hexdigest()
 
 

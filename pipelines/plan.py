@@ -212,7 +212,14 @@ def _stage_needs(params: Params, st: Stage) -> tuple[list[str], list[str]]:
 
 
 def corpus_needs(params: Params, name: str) -> tuple[list[str], list[str]]:
-    """An LLM corpus written through an endpoint needs its API key (and its server)."""
+    """An LLM corpus written through an endpoint needs its API key (and its server); a
+    released corpus needs its file."""
+    released = getattr(params.corpora[name], "released", None)
+    if released is not None:
+        path = Path(released) if Path(released).is_absolute() else params.root / released
+        if path.is_file():
+            return [], [f"released corpus {released}"]
+        return [f"the released corpus {released} (corpora.{name}.released)"], []
     provider = params.corpora[name].provider
     if provider.kind == "offline":
         return [], [f"offline answers ({provider.model})"]

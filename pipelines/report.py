@@ -306,7 +306,8 @@ def build_table(
         if analogue:
             pairs = [(ds, pd) for ds in datasets for pd in pub.datasets]
         else:
-            pairs = [(pd, pd) for pd in pub.datasets]
+            # a table may show one of its paper table's datasets (the others: other tables)
+            pairs = [(pd, pd) for pd in pub.datasets if tab is None or pd in tab.datasets]
         matched = {row: v for v, row in (tab.match.items() if tab else [])}
         for prow in pub.rows:
             nums = pub.row_numbers(prow)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import json
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -15,6 +17,8 @@ from pipelines.config import load_params
 from pipelines.text import prompts as P
 from tests.conftest import TINY_PARAMS, write_params
 from tests.llm_stub_server import StubLLMServer
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 CORPORA = {
     "comc-sentences": {"kind": "comc-sentences", "n_sentences": 300},
@@ -47,8 +51,9 @@ def workspace(tmp_path_factory):
 def fresh(workspace, tmp_path, name="ws", **kw):
     """A workspace sharing the generated dataset (symlink) with its own corpora folder."""
     root = tmp_path / name
-    (root / "data").mkdir(parents=True)
-    (root / "data" / "toyworld").symlink_to(workspace / "data" / "toyworld")
+    if not (root / "data" / "toyworld").exists():  # a second call: the same workspace
+        (root / "data").mkdir(parents=True)
+        (root / "data" / "toyworld").symlink_to(workspace / "data" / "toyworld")
     return make_params(root, **kw)
 
 
@@ -65,6 +70,13 @@ def test_parse_sentence_strips_chat_decoration_and_rejects_refusals():
         "A red fish in the sea."
     )
     assert P.parse_sentence("Sentence: A dog on a sofa.") == "A dog on a sofa."
+    # an answer that starts like a preamble is still the answer
+    assert P.parse_sentence("Here is a dog on a sofa.") == "Here is a dog on a sofa."
+    assert P.parse_sentence("Here are two cats on a bed.") == "Here are two cats on a bed."
+    assert P.parse_sentence("Here is a sentence describing the photo.\nA dog on a sofa.") == (
+        "A dog on a sofa."
+    )
+    assert P.parse_sentence("Sure.\nA dog on a sofa.") == "A dog on a sofa."
     for bad in ("I'm sorry, but I can't help with that.", "", "Okay!", "Cat."):
         with pytest.raises(P.ParseError):
             P.parse_sentence(bad)
@@ -474,3 +486,294 @@ def test_toyworld_writes_the_dataset_knowledge_contract(workspace):
     assert (c == c.T).all() and (np.diag(c) >= c.max(axis=1)).all()
     fish, water, snow = (names.index(n) for n in ("fish", "water", "snow"))
     assert c[fish, water] > 3 * c[fish, snow]  # fish prefer water (the generator's prior)
+
+
+# ------------------------------------------------------------- routes, models, endpoints
+def _stub(workspace, **kw):
+    from pipelines.text.knowledge import load_knowledge
+    from pipelines.text.offline import OfflineLLM
+
+    k = load_knowledge(workspace / "data" / "toyworld", tw.label_space().names(), None)
+    return StubLLMServer(OfflineLLM(k), **{"fault_every": 10**9, **kw})
+
+
+def _online(workspace, tmp_path, name, server, n=20, **provider):
+    corpora = {"comc-sentences": {**CORPORA["comc-sentences"], "n_sentences": n}}
+    return fresh(
+        workspace,
+        tmp_path,
+        name,
+        corpora=corpora,
+        **{
+            "kind": "openai",
+            "model": server.model,
+            "base_url": server.base_url,
+            "api_key_env": "OVML_TEST_LLM_KEY",
+            "backoff_s": 0.0,
+            "concurrency": 1,
+            **provider,
+        },
+    )
+
+
+def test_completions_only_model_is_asked_on_the_completions_route(workspace, tmp_path, monkeypatch):
+    """davinci-002 answers only /v1/completions: chosen by model family (api: auto), the
+    corpus equals the offline one; forcing the chat route fails with the fix in words."""
+    from pipelines.text.providers import ProviderError
+
+    monkeypatch.setenv("OVML_TEST_LLM_KEY", "x")
+    offline, _ = build(
+        fresh(
+            workspace,
+            tmp_path,
+            "off",
+            corpora={"comc-sentences": {**CORPORA["comc-sentences"], "n_sentences": 20}},
+        ),
+        "comc-sentences",
+    )
+    with _stub(workspace, model="davinci-002", completions_only=True) as server:
+        online, meta = build(_online(workspace, tmp_path, "c", server), "comc-sentences")
+        assert server.stats["completions"] == meta["counts"]["fetched"] > 0
+        assert server.stats["chat"] == server.stats["refused_chat"] == 0
+        assert meta["route"] == "completions"
+        assert online.equals(offline)
+        with pytest.raises(ProviderError, match="not a chat model.*api: completions"):
+            build(_online(workspace, tmp_path, "chat", server, api="chat"), "comc-sentences")
+
+
+def test_reasoning_models_get_max_completion_tokens(workspace, tmp_path, monkeypatch):
+    monkeypatch.setenv("OVML_TEST_LLM_KEY", "x")
+    with _stub(workspace, model="o3-mini", reasoning=True) as server:  # by model family
+        _, meta = build(_online(workspace, tmp_path, "o3", server), "comc-sentences")
+        assert server.stats["max_completion_tokens"] == meta["counts"]["fetched"] > 0
+        assert server.stats["max_tokens"] == server.stats["refused_max_tokens"] == 0
+    with _stub(workspace, reasoning=True) as server:  # unknown family: told by the server
+        _, meta = build(_online(workspace, tmp_path, "told", server), "comc-sentences")
+        assert server.stats["refused_max_tokens"] == 1
+        assert server.stats["max_completion_tokens"] == meta["counts"]["fetched"] > 0
+        assert meta["faults"]["token_limit_switched"] == 1
+
+
+def test_the_cache_key_holds_the_endpoint(workspace, tmp_path, monkeypatch):
+    """The same model id on a second server is asked again (its answers are its own);
+    back on the first server, nothing is asked."""
+    monkeypatch.setenv("OVML_TEST_LLM_KEY", "x")
+    with _stub(workspace) as first, _stub(workspace) as second:
+        _, meta1 = build(_online(workspace, tmp_path, "ws", first), "comc-sentences")
+        _, meta2 = build(_online(workspace, tmp_path, "ws", second), "comc-sentences")
+        _, meta3 = build(_online(workspace, tmp_path, "ws", first), "comc-sentences")
+    assert meta1["counts"]["fetched"] == meta1["counts"]["requests"] > 0
+    assert second.stats["ok"] == meta2["counts"]["fetched"] == meta2["counts"]["requests"]
+    assert meta3["counts"]["fetched"] == 0 and first.stats["ok"] == meta1["counts"]["fetched"]
+    assert meta2["endpoint"] == second.base_url
+
+
+def test_retry_after_is_honoured_for_429_and_503_within_the_cap_and_quota_is_final(
+    workspace, monkeypatch
+):
+    from pipelines.text.cache import ChatRequest
+    from pipelines.text.config import ProviderConfig
+    from pipelines.text.providers import OpenAIProvider, ProviderError
+
+    monkeypatch.setenv("OVML_TEST_LLM_KEY", "x")
+    req = ChatRequest((("user", P.comc_prompt(["fish"])),), 0.0, 64, 1)
+    for retry_after, want in (("120", 5.0), ("2", 2.0)):
+        with _stub(workspace, script=("429", "503"), retry_after=retry_after) as server:
+            cfg = ProviderConfig(
+                kind="openai",
+                base_url=server.base_url,
+                api_key_env="OVML_TEST_LLM_KEY",
+                max_backoff_s=5.0,
+                backoff_s=0.0,
+            )
+            pauses: list[float] = []
+            provider = OpenAIProvider(cfg, sleep=pauses.append)
+            assert "fish" in provider.complete(req).text
+        assert pauses == [want, want], retry_after
+        assert provider.faults["rate_limited"] == provider.faults["server_error"] == 1
+    with _stub(workspace, script=("quota",)) as server:
+        cfg = ProviderConfig(
+            kind="openai", base_url=server.base_url, api_key_env="OVML_TEST_LLM_KEY"
+        )
+        pauses = []
+        provider = OpenAIProvider(cfg, sleep=pauses.append)
+        with pytest.raises(ProviderError, match="insufficient_quota.*not retried"):
+            provider.complete(req)
+    assert server.stats["quota"] == 1 and server.stats["ok"] == 0 and pauses == []
+
+
+def test_replies_from_another_model_are_counted_and_warned(workspace, tmp_path, monkeypatch):
+    from pipelines.text.corpora import served_model_counts
+
+    monkeypatch.setenv("OVML_TEST_LLM_KEY", "x")
+    with _stub(workspace, served_model="default-model") as server:  # chatglm.cpp's server
+        _, meta = build(_online(workspace, tmp_path, "other", server), "comc-sentences")
+    n = meta["counts"]["requests"]
+    assert meta["served_models"] == {"default-model": n}
+    assert meta["counts"]["replies_model_differs"] == n > 0
+    assert any("another model" in w and "default-model" in w for w in meta["warnings"])
+    with _stub(workspace, served_model="offline-knowledge-2024-07-18") as server:
+        _, meta = build(_online(workspace, tmp_path, "snap", server), "comc-sentences")
+    assert meta["counts"]["replies_model_snapshot"] == meta["counts"]["requests"]
+    assert meta["counts"]["replies_model_differs"] == 0
+    assert not any("another model" in w for w in meta["warnings"])
+    from collections import Counter
+
+    assert served_model_counts("gpt-4o", Counter({"gpt-4o-mini": 2, "gpt-4o-0513": 1})) == {
+        "replies_model_snapshot": 1,
+        "replies_model_differs": 2,
+    }
+
+
+def test_an_llm_corpus_needs_no_wordnet(workspace, tmp_path, monkeypatch):
+    """A real label set (no knowledge.json): the offline provider needs WordNet and says
+    so; an LLM provider needs only the label names."""
+    import shutil
+
+    from pipelines.text.wordnet import WordNetUnavailable
+
+    monkeypatch.setenv("OVML_WORDNET_DIR", str(tmp_path / "no-wordnet"))
+    monkeypatch.setenv("OVML_TEST_LLM_KEY", "x")
+
+    def real_like(name, **kw):
+        root = tmp_path / name
+        shutil.copytree(
+            workspace / "data" / "toyworld",
+            root / "data" / "toyworld",
+            ignore=shutil.ignore_patterns("knowledge.json", "cooccurrence.npz"),
+        )
+        return make_params(root, **kw)
+
+    one = {"comc-sentences": {**CORPORA["comc-sentences"], "n_sentences": 10}}
+    with pytest.raises(WordNetUnavailable, match="no knowledge.json.*LLM provider"):
+        build(real_like("offline", corpora=one), "comc-sentences")
+    with _stub(workspace) as server:
+        params = real_like(
+            "llm",
+            corpora=one,
+            kind="openai",
+            model=server.model,
+            base_url=server.base_url,
+            api_key_env="OVML_TEST_LLM_KEY",
+        )
+        df, meta = build(params, "comc-sentences")
+    assert df.height == 10 and meta["knowledge_source"].startswith("none")
+
+
+# -------------------------------------------------------------------- class descriptions
+def test_every_subclass_superclass_pair_is_a_chain(workspace, tmp_path):
+    desc, _ = build(fresh(workspace, tmp_path), "class-descriptions")
+    per = desc.group_by("label_id", "type").len()
+    counts: dict[int, dict[str, int]] = {}
+    for row in per.iter_rows(named=True):
+        counts.setdefault(row["label_id"], {})[row["type"]] = row["len"]
+    wide = [c for c in counts.values() if c.get("subclass", 0) and c.get("superclass", 0) > 2]
+    assert wide  # labels with children and more than two parents: the case [:2] cut
+    for c in counts.values():
+        assert c.get("chain", 0) == c.get("subclass", 0) * c.get("superclass", 0), c
+
+
+SHARED_RCNN = REPO_ROOT.parent / "shared" / "data" / "coco" / "rcnn_llm_descriptions_65.json"
+
+
+def test_the_released_rcnn_corpus_reads_whole():
+    """RCNn's released GPT-4o-mini corpus: 65 classes, 9,864 sentences, 105-284 per class,
+    every subclass x superclass pair a chain."""
+    from pipelines.text.released import read_released
+
+    if not SHARED_RCNN.exists():
+        pytest.skip(f"{SHARED_RCNN} is not here")
+    raw = json.loads(SHARED_RCNN.read_text())
+    names = [raw[k]["node_name"] for k in sorted(raw, key=int)]
+    rel = read_released(SHARED_RCNN, names)
+    assert len(rel.rows) == 9864 and rel.entries == 65 and rel.described == set(range(65))
+    per = Counter(r["label_id"] for r in rel.rows)
+    assert (min(per.values()), max(per.values())) == (105, 284)
+    kinds = Counter(r["type"] for r in rel.rows)
+    assert kinds["chain"] > 4700 and kinds["scene"] == 1199 and kinds["other"] == 0
+    person = [r for r in rel.rows if r["label_id"] == 0]
+    subs = {r["item"] for r in person if r["type"] == "subclass"}
+    chains = {r["item"] for r in person if r["type"] == "chain"}
+    assert "student > living organism" in chains and "student" in subs
+    # the label space order does not matter: names carry the match
+    shuffled = names[::-1]
+    again = read_released(SHARED_RCNN, shuffled)
+    assert again.index_differs == 64 and {r["label"] for r in again.rows} == set(names)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "match"),
+    [
+        ('{"0": {"node_name": "fish",\n "candidate_sentences": ["a fish."]\n', 3, "not JSON"),
+        ('{"0": {"node_name": "fish"}}', 1, r"missing \['candidate_sentences'\]"),
+        (
+            '{"0": {"node_name": "fish", "candidate_sentences": ["a fish."]},\n'
+            ' "x": {"node_name": "water", "candidate_sentences": []}}',
+            2,
+            "'x' is not a class index",
+        ),
+        (
+            '{"0": {"node_name": "fish",\n "candidate_sentences": [\n "a fish.",\n 3]}}',
+            4,
+            "non-empty string",
+        ),
+        ('{"0": {"node_name": "fish", "candidate_sentences": [], "n": 1}}', 1, "unknown keys"),
+        ('{\n"0": {"node_name": "unicorn", "candidate_sentences": []}}', 2, "no label"),
+        (
+            '{"0": {"node_name": "fish", "candidate_sentences": []},\n'
+            '"0": {"node_name": "water", "candidate_sentences": []}}',
+            2,
+            "appears twice",
+        ),
+        (
+            '{"0": {"node_name": "fish", "candidate_sentences": []},\n'
+            '"5": {"node_name": "Fish", "candidate_sentences": []}}',
+            2,
+            "already described",
+        ),
+    ],
+)
+def test_a_bad_released_corpus_names_file_and_line(tmp_path, text, line, match):
+    from pipelines.text.released import ReleasedCorpusError, read_released
+
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    with pytest.raises(ReleasedCorpusError, match=rf"bad\.json:{line}: .*{match}"):
+        read_released(path, ["water", "fish", "sky"])
+
+
+def test_a_released_corpus_is_a_corpus_stage_fingerprinted_by_its_content(workspace, tmp_path):
+    from pipelines.graph import build_graph, fingerprint
+
+    names = tw.label_space().names()
+    file = tmp_path / "released.json"
+    entries = {
+        str(j): {
+            "node_name": n,
+            "candidate_sentences": [f"a red {n}, which is a {n}.", f"a {n}, which has a tail."],
+        }
+        for j, n in enumerate(names[:5])
+    }
+    file.write_text(json.dumps(entries, indent=1))
+    corpora = {
+        "released": {"kind": "class-descriptions", "released": str(file), "datasets": ["toyworld"]}
+    }
+    params = fresh(workspace, tmp_path, "rel", corpora=corpora)
+    df, meta = build(params, "released")
+    assert df.height == 10 and meta["provider"] == "released"
+    assert meta["counts"]["labels_without_description"] == len(names) - 5
+    assert set(df["type"]) == {"subclass", "attribute"}
+    assert meta["released"]["sha256"] and meta["counts"]["requests"] == 0
+    assert not (params.path("data") / "corpora/toyworld/released/cache.jsonl").exists()
+    stage = "corpus@toyworld@released"
+    graph = build_graph(params)
+    assert str(file) in graph[stage].extra_deps
+    before = fingerprint(params, graph, stage)
+    entries["0"]["candidate_sentences"].append("a thing, which is new.")
+    file.write_text(json.dumps(entries, indent=1))
+    assert fingerprint(params, build_graph(params), stage) != before
+    with pytest.raises(ValueError, match="released.*remove `provider`"):
+        make_params(
+            tmp_path / "both",
+            corpora={"r": {**corpora["released"], "provider": {"kind": "openai"}}},
+        )

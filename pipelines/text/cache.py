@@ -1,4 +1,11 @@
-"""Content-addressed response cache: (provider, model, prompt, sampling params) -> answer.
+"""Content-addressed response cache: (provider, endpoint, model, route, prompt, sampling
+params) -> answer.
+
+The key holds the endpoint: the same model id served by another server (another
+``base_url``) is another model as far as the cache knows, so its answers are asked
+again, never borrowed from the first server. The default OpenAI endpoint and the offline
+provider add no endpoint to the key (the keys of caches written before it held one stay
+valid), and the chat route adds none either (the completions route does).
 
 One JSON object per line, appended and flushed as each answer arrives, so a run that is
 killed keeps everything it fetched and the next run resumes where it stopped. A torn
@@ -26,19 +33,27 @@ class ChatRequest:
     def as_messages(self) -> list[dict[str, str]]:
         return [{"role": r, "content": c} for r, c in self.messages]
 
-    def key(self, provider: str, model: str) -> str:
-        blob = json.dumps(
-            {
-                "provider": provider,
-                "model": model,
-                "messages": self.as_messages(),
-                "temperature": self.temperature,
-                "max_tokens": self.max_tokens,
-                "seed": self.seed,
-            },
-            sort_keys=True,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
+    def as_prompt(self) -> str:
+        """The text a completions-only model continues: the messages' contents, one
+        paragraph each, then a newline (the answer starts on the next line)."""
+        return "\n\n".join(c for _, c in self.messages) + "\n"
+
+    def key(
+        self, provider: str, model: str, endpoint: str | None = None, route: str = "chat"
+    ) -> str:
+        body: dict[str, Any] = {
+            "provider": provider,
+            "model": model,
+            "messages": self.as_messages(),
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+        if endpoint is not None:
+            body["endpoint"] = endpoint
+        if route != "chat":
+            body["route"] = route
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,7 @@ class Completion:
     text: str
     prompt_tokens: int
     completion_tokens: int
+    model: str | None = None  # the model the reply says answered (None: offline, not told)
 
 
 class ResponseCache:
@@ -70,15 +86,28 @@ class ResponseCache:
         rec = self.entries.get(key)
         if rec is None:
             return None
-        return Completion(rec["response"], rec["prompt_tokens"], rec["completion_tokens"])
+        return Completion(
+            rec["response"],
+            rec["prompt_tokens"],
+            rec["completion_tokens"],
+            rec.get("served_model"),
+        )
 
     def put(
-        self, key: str, provider: str, model: str, request: ChatRequest, completion: Completion
+        self,
+        key: str,
+        provider: str,
+        model: str,
+        request: ChatRequest,
+        completion: Completion,
+        endpoint: str | None = None,
     ) -> None:
         rec = {
             "key": key,
             "provider": provider,
             "model": model,
+            "endpoint": endpoint,
+            "served_model": completion.model,
             "messages": request.as_messages(),
             "temperature": request.temperature,
             "max_tokens": request.max_tokens,

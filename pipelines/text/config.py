@@ -25,21 +25,32 @@ class ProviderConfig(_Strict):
 
     ``offline`` (default): a deterministic stand-in for an LLM that answers from the
     dataset's knowledge (``knowledge.json`` + ``cooccurrence.npz``) or WordNet.
-    ``openai``: any OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama,
-    llama.cpp server) through the ``openai`` package. The API key is read from the
+    ``openai``: any OpenAI-compatible endpoint (OpenAI, vLLM, Ollama, llama.cpp server,
+    chatglm.cpp) through the ``openai`` package. The API key is read from the
     environment variable *named* by ``api_key_env``; it is never logged or stored.
+
+    ``api`` is the route: ``chat`` (``/v1/chat/completions``), ``completions``
+    (``/v1/completions``: the prompt as plain text, for completions-only models such as
+    ``davinci-002``, ``babbage-002``, ``gpt-3.5-turbo-instruct`` or a served base model),
+    or ``auto``: completions for those OpenAI model families, chat otherwise.
+    ``token_limit`` names the length limit sent on the chat route: ``max_tokens``,
+    ``max_completion_tokens`` (OpenAI's reasoning models, the o-series and gpt-5, refuse
+    ``max_tokens``), or ``auto``: by model family, switching for the rest of the run when
+    a server answers that it wants the other one.
     """
 
     kind: Literal["offline", "openai"] = "offline"
     model: str = "offline-knowledge"
-    base_url: str | None = None  # openai: None = api.openai.com
+    base_url: str | None = None  # openai: None = api.openai.com (or $OPENAI_BASE_URL)
     api_key_env: str = "OPENAI_API_KEY"
+    api: Literal["auto", "chat", "completions"] = "auto"
+    token_limit: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
     max_tokens: Annotated[int, Field(gt=0)] = 512
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     max_retries: Annotated[int, Field(ge=0)] = 6  # per request: 429 / 5xx / timeout / bad JSON
     backoff_s: Annotated[float, Field(ge=0)] = 1.0  # first retry delay, doubled each time
-    max_backoff_s: Annotated[float, Field(ge=0)] = 60.0
+    max_backoff_s: Annotated[float, Field(ge=0)] = 60.0  # also caps a server's Retry-After
     concurrency: Annotated[int, Field(gt=0, le=256)] = 8
     usd_per_1k_prompt_tokens: Annotated[float, Field(ge=0)] = 0.0
     usd_per_1k_completion_tokens: Annotated[float, Field(ge=0)] = 0.0
@@ -76,12 +87,35 @@ class ComcSentencesConfig(_CorpusBase):
 
 class ClassDescriptionsConfig(_CorpusBase):
     """RCNn: per class, visual attributes, its hierarchy ("a X, which is a Y") and the
-    scenes / objects it co-occurs with, each asked for in one prompt."""
+    scenes / objects it co-occurs with, each asked for in one prompt; every subclass x
+    superclass pair becomes a chain ("a C, which is a X, which is a P").
+
+    The default counts are the per-class means of the authors' released GPT-4o-mini
+    corpus (RCNn repository ``redefine_classname/mscoco_post_llm.json`` =
+    ../shared/data/coco/rcnn_llm_descriptions_65.json: 39 attributes, 15.4 subclasses,
+    4.7 superclasses, 72.5 chains, 18.4 scenes, 152 sentences per class), so that CLIP's
+    80 templates, which RCNn adds per class, are ~34% of the MSE samples as there.
+
+    ``released``: read a released corpus file instead of asking a provider
+    (``{"<id>": {"node_name": ..., "candidate_sentences": [...]}}``, the reference's
+    format); a path relative to the params file. The counts and the provider then do not
+    apply.
+    """
 
     kind: Literal["class-descriptions"] = "class-descriptions"
-    n_attributes: Annotated[int, Field(ge=0)] = 5
-    n_hierarchy: Annotated[int, Field(ge=0)] = 5
-    n_scenes: Annotated[int, Field(ge=0)] = 5
+    n_attributes: Annotated[int, Field(ge=0)] = 40
+    n_subclasses: Annotated[int, Field(ge=0)] = 15
+    n_superclasses: Annotated[int, Field(ge=0)] = 5
+    n_scenes: Annotated[int, Field(ge=0)] = 20
+    released: str | None = None
+
+    @model_validator(mode="after")
+    def _released_alone(self) -> ClassDescriptionsConfig:
+        if self.released is not None and self.provider != ProviderConfig():
+            raise ValueError(
+                "released: a released corpus is read, not asked for; remove `provider`"
+            )
+        return self
 
 
 class CategoryRelationsConfig(_CorpusBase):

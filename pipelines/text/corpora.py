@@ -34,7 +34,7 @@ from pipelines.text.config import (
     ClassDescriptionsConfig,
     ComcSentencesConfig,
 )
-from pipelines.text.knowledge import Knowledge, load_knowledge
+from pipelines.text.knowledge import Knowledge, LabelKnowledge, load_knowledge
 from pipelines.text.providers import make_provider
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class RunStats:
     completion_tokens: int = 0
     unparsed_samples: list[str] = field(default_factory=list)
     failed_ids: list[str] = field(default_factory=list)
+    served_models: Counter[str] = field(default_factory=Counter)  # reply's `model` -> count
 
 
 def request_seed(corpus_seed: int, job_id: str, attempt: int) -> int:
@@ -83,6 +84,8 @@ def run_prompts(
     sampling seed up to ``reask`` times. Returns {job id: parsed} and the statistics."""
     cfg = provider.config
     model = getattr(provider, "cache_model", cfg.model)  # offline: versioned answers
+    endpoint = getattr(provider, "endpoint", None)  # another server = other answers
+    route = getattr(provider, "route", "chat")
     stats = RunStats()
     results: dict[str, Any] = {}
     pending = list(jobs)
@@ -97,7 +100,7 @@ def run_prompts(
                 cfg.max_tokens,
                 request_seed(seed, job.id, attempt),
             )
-            reqs[req.key(cfg.kind, model)] = (job, req)
+            reqs[req.key(cfg.kind, model, endpoint, route)] = (job, req)
         stats.requests += len(reqs)
         missing = [(k, r) for k, (_, r) in reqs.items() if cache.get(k) is None]
         stats.cache_hits += len(reqs) - len(missing)
@@ -110,7 +113,7 @@ def run_prompts(
                 leave=False,
             )
             for key, completion in provider.complete_many(missing):
-                cache.put(key, cfg.kind, model, reqs[key][1], completion)
+                cache.put(key, cfg.kind, model, reqs[key][1], completion, endpoint)
                 stats.fetched += 1
                 bar.update(1)
             bar.close()
@@ -120,6 +123,8 @@ def run_prompts(
             assert answer is not None
             stats.prompt_tokens += answer.prompt_tokens
             stats.completion_tokens += answer.completion_tokens
+            if answer.model is not None:
+                stats.served_models[answer.model] += 1
             try:
                 results[job.id] = parse(job, answer.text)
             except P.ParseError as err:
@@ -224,13 +229,14 @@ def build_class_descriptions(
     cfg: ClassDescriptionsConfig, k: Knowledge, run: Callable, out: dict[str, Any], folder: Path
 ) -> Any:
     """RCNn: per class, lists of attributes, subclasses, superclasses and scenes, turned
-    into RCNn's sentences ("a X, which is a Y.", "a X, which has Z.", ...)."""
-    import polars as pl
+    into RCNn's sentences ("a X, which is a Y.", "a X, which has Z.", ...), plus one chain
+    per subclass x superclass pair ("a C, which is a X, which is a P."), as the authors'
+    released corpus has them (every pair: 72.5 chains per class there)."""
 
     wanted = {
         "attribute": cfg.n_attributes,
-        "subclass": cfg.n_hierarchy,
-        "superclass": cfg.n_hierarchy,
+        "subclass": cfg.n_subclasses,
+        "superclass": cfg.n_superclasses,
         "scene": cfg.n_scenes,
     }
     jobs = [
@@ -254,8 +260,8 @@ def build_class_descriptions(
                         "text": P.description_sentence(name, kind, item),
                     }
                 )
-        for child in items["subclass"]:
-            for parent in items["superclass"][:2]:
+        for child in items["subclass"]:  # every subclass x superclass pair, as released
+            for parent in items["superclass"]:
                 rows.append(
                     {
                         "label": name,
@@ -265,16 +271,7 @@ def build_class_descriptions(
                         "text": P.chain_sentence(child, name, parent),
                     }
                 )
-    df = pl.DataFrame(
-        rows,
-        schema={
-            "label": pl.String,
-            "label_id": pl.Int32,
-            "type": pl.String,
-            "item": pl.String,
-            "text": pl.String,
-        },
-    )
+    df = description_frame(rows)
     per_label = Counter(r["label_id"] for r in rows)
     empty = [k.names[j] for j in range(len(k.names)) if not per_label[j]]
     if empty:
@@ -288,17 +285,68 @@ def build_class_descriptions(
         }
     )
     out["samples"] = [r["text"] for r in rows[:: max(1, len(rows) // 8)][:8]]
+    write_descriptions_json(folder, k.names, rows)
+    return df, stats
+
+
+def write_descriptions_json(folder: Path, names: list[str], rows: list[dict[str, Any]]) -> None:
+    """``descriptions.json``: {label_id: {node_name, candidate_sentences}}, the shape of
+    RCNn's released corpus, one entry per label (an empty list where none)."""
+    sentences: dict[int, list[str]] = {j: [] for j in range(len(names))}
+    for r in rows:
+        sentences[r["label_id"]].append(r["text"])
     write_json(
         folder / "descriptions.json",
         {
-            str(j): {
-                "node_name": name,
-                "candidate_sentences": [r["text"] for r in rows if r["label_id"] == j],
-            }
-            for j, name in enumerate(k.names)
+            str(j): {"node_name": name, "candidate_sentences": sentences[j]}
+            for j, name in enumerate(names)
         },
     )
-    return df, stats
+
+
+def description_frame(rows: list[dict[str, Any]]):
+    import polars as pl
+
+    return pl.DataFrame(
+        rows,
+        schema={
+            "label": pl.String,
+            "label_id": pl.Int32,
+            "type": pl.String,
+            "item": pl.String,
+            "text": pl.String,
+        },
+    )
+
+
+def read_released_class_descriptions(
+    cfg: ClassDescriptionsConfig, path: Path, names: list[str], out: dict[str, Any], folder: Path
+) -> Any:
+    """The class-descriptions corpus from a released file (RCNn's
+    ``mscoco_post_llm.json``), validated by :func:`pipelines.text.released.read_released`."""
+    from pipelines.text.released import read_released
+
+    rel = read_released(path, names)
+    rows = rel.rows
+    out["warnings"] += rel.warnings
+    per_type = Counter(r["type"] for r in rows)
+    empty = [names[j] for j in range(len(names)) if j not in rel.described]
+    if empty:
+        out["warnings"].append(f"{len(empty)} label(s) have no description: {empty[:10]}")
+    out["counts"].update(
+        {
+            "sentences": len(rows),
+            "labels": len(names),
+            "labels_without_description": len(empty),
+            "released_entries": rel.entries,
+            "released_index_differs": rel.index_differs,
+            **{f"sentences_{t}": int(c) for t, c in per_type.items()},
+        }
+    )
+    out["released"] = {"path": str(path), "sha256": rel.sha256}
+    out["samples"] = [r["text"] for r in rows[:: max(1, len(rows) // 8)][:8]]
+    write_descriptions_json(folder, names, rows)
+    return description_frame(rows), RunStats()
 
 
 def relation_pages(
@@ -464,53 +512,95 @@ def corpus_dir(params, dataset: str, name: str) -> Path:
     return params.path("data") / "corpora" / dataset / name
 
 
+def released_path(params, name: str) -> Path | None:
+    """The released file a corpus reads (``corpora.<name>.released``, relative to the
+    params file), or None when it asks a provider."""
+    rel = getattr(params.corpora[name], "released", None)
+    if rel is None:
+        return None
+    path = Path(rel)
+    return path if path.is_absolute() else params.root / path
+
+
+def corpus_knowledge(cfg, dataset_dir: Path, ds) -> Knowledge:
+    """What the provider answers from. The offline provider needs the dataset's knowledge
+    (knowledge.json, else WordNet for real label sets); an LLM answers from its own, so
+    an LLM corpus needs neither (only the label names)."""
+    names = ds.label_space.names()
+    if cfg.provider.kind != "offline":
+        labels = {n: LabelKnowledge() for n in names}
+        return Knowledge(names, labels, np.zeros((0, 0)), f"none ({cfg.provider.label})")
+    from pipelines.text.wordnet import WordNetUnavailable
+
+    train = ds.splits["train"].labels if "train" in ds.splits else None
+    try:
+        return load_knowledge(dataset_dir, names, train if isinstance(train, np.ndarray) else None)
+    except WordNetUnavailable as err:
+        raise WordNetUnavailable(
+            f"{dataset_dir.name} has no knowledge.json, so the offline provider answers from "
+            f"WordNet: {err}. Or give the corpus an LLM provider (provider: {{kind: openai, "
+            "...}), which needs no WordNet"
+        ) from None
+
+
 def build_corpus(params, dataset: str, name: str, *, progress: bool = True) -> Path:
     """Build (or resume) one corpus: the single entry point of CLI, DVC and Dagster."""
-    import polars as pl
-
     from pipelines.data.prepared import PreparedDataset
 
     cfg = params.corpora[name]
     data_dir = params.path("data") / dataset
     ds = PreparedDataset.load(data_dir)
-    train = ds.splits["train"].labels if "train" in ds.splits else None
-    knowledge = load_knowledge(
-        data_dir, ds.label_space.names(), train if isinstance(train, np.ndarray) else None
-    )
+    names = ds.label_space.names()
     folder = corpus_dir(params, dataset, name)
     folder.mkdir(parents=True, exist_ok=True)
-    provider = make_provider(cfg.provider, knowledge)
     t0 = time.time()
     out: dict[str, Any] = {"warnings": [], "counts": {}, "samples": []}
-    with ResponseCache(folder / CACHE_FILE) as cache:
+    released = released_path(params, name)
+    provider = None
+    torn = 0
+    if released is not None:
+        df, stats = read_released_class_descriptions(cfg, released, names, out, folder)
+        knowledge_source = f"released file {released.name}"
+    else:
+        knowledge = corpus_knowledge(cfg, data_dir, ds)
+        knowledge_source = knowledge.source
+        provider = make_provider(cfg.provider, knowledge)
+        with ResponseCache(folder / CACHE_FILE) as cache:
 
-        def run(jobs, parse):
-            return run_prompts(
-                jobs,
-                parse,
-                provider=provider,
-                cache=cache,
-                seed=cfg.seed,
-                reask=cfg.reask,
-                progress=progress,
-                desc=f"corpus {dataset}/{name}",
-            )
+            def run(jobs, parse):
+                return run_prompts(
+                    jobs,
+                    parse,
+                    provider=provider,
+                    cache=cache,
+                    seed=cfg.seed,
+                    reask=cfg.reask,
+                    progress=progress,
+                    desc=f"corpus {dataset}/{name}",
+                )
 
-        if cfg.kind == "comc-sentences":
-            df, stats = build_comc_sentences(cfg, knowledge, run, out)
-        elif cfg.kind == "class-descriptions":
-            df, stats = build_class_descriptions(cfg, knowledge, run, out, folder)
-        else:
-            df, stats = build_category_relations(
-                cfg, knowledge, run, out, folder, ds.label_space.n_seen
-            )
-        torn = cache.torn_lines
+            if cfg.kind == "comc-sentences":
+                df, stats = build_comc_sentences(cfg, knowledge, run, out)
+            elif cfg.kind == "class-descriptions":
+                df, stats = build_class_descriptions(cfg, knowledge, run, out, folder)
+            else:
+                df, stats = build_category_relations(
+                    cfg, knowledge, run, out, folder, ds.label_space.n_seen
+                )
+            torn = cache.torn_lines
     if stats.failed:
         out["warnings"].append(
             f"{stats.failed} prompt(s) got no parsable answer after {cfg.reask} re-asks "
             f"(e.g. {stats.failed_ids[:3]}); they are left out"
         )
     pc = cfg.provider
+    served = served_model_counts(pc.model, stats.served_models)
+    if served["replies_model_differs"]:
+        others = {m: c for m, c in stats.served_models.most_common(3) if m != pc.model}
+        out["warnings"].append(
+            f"{served['replies_model_differs']} of {sum(stats.served_models.values())} replies "
+            f"name another model than the {pc.model!r} asked for: {others}"
+        )
     cost = (
         stats.prompt_tokens / 1000 * pc.usd_per_1k_prompt_tokens
         + stats.completion_tokens / 1000 * pc.usd_per_1k_completion_tokens
@@ -519,11 +609,14 @@ def build_corpus(params, dataset: str, name: str, *, progress: bool = True) -> P
         "dataset": dataset,
         "corpus": name,
         "kind": cfg.kind,
-        "provider": pc.kind,
-        "model": pc.model,
-        "base_url": pc.base_url,
-        "api_key_env": pc.api_key_env if pc.kind == "openai" else None,
-        "knowledge_source": knowledge.source,
+        "provider": "released" if released is not None else pc.kind,
+        "model": None if released is not None else pc.model,
+        "base_url": None if released is not None else pc.base_url,
+        "endpoint": getattr(provider, "endpoint", None),
+        "route": getattr(provider, "route", None),
+        "api_key_env": pc.api_key_env if pc.kind == "openai" and released is None else None,
+        "knowledge_source": knowledge_source,
+        "released": out.get("released"),
         "config": cfg.model_dump(mode="json"),
         "counts": {
             **out["counts"],
@@ -534,7 +627,9 @@ def build_corpus(params, dataset: str, name: str, *, progress: bool = True) -> P
             "unparsed": stats.unparsed,
             "failed_prompts": stats.failed,
             "cache_torn_lines": torn,
+            **served,
         },
+        "served_models": dict(stats.served_models),
         "tokens": {
             "prompt": stats.prompt_tokens,
             "completion": stats.completion_tokens,
@@ -553,8 +648,24 @@ def build_corpus(params, dataset: str, name: str, *, progress: bool = True) -> P
     with atomic_path(folder / CORPUS_FILE) as tmp:
         df.write_parquet(tmp)
     _track(params, dataset, name, meta)
-    del pl
     return folder
+
+
+_SNAPSHOT = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
+
+
+def served_model_counts(requested: str, served: Counter[str]) -> dict[str, int]:
+    """Replies by the model that answered: the one asked for, a dated snapshot of it
+    (OpenAI answers ``gpt-4o-mini`` with ``gpt-4o-mini-2024-07-18``), or another model
+    (a server that ignores the ``model`` field, a proxy routing elsewhere)."""
+    out = {"replies_model_snapshot": 0, "replies_model_differs": 0}
+    for model, n in served.items():
+        if model == requested:
+            continue
+        tail = model[len(requested) :] if model.startswith(requested) else ""
+        key = "replies_model_snapshot" if _SNAPSHOT.fullmatch(tail) else "replies_model_differs"
+        out[key] += n
+    return out
 
 
 def _track(params, dataset: str, name: str, meta: dict[str, Any]) -> None:

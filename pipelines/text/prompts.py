@@ -31,6 +31,18 @@ _REFUSAL = re.compile(
     r"\b(i'?m sorry|i am sorry|i cannot|i can't|as an ai|i'?m unable|i am unable)\b", re.I
 )
 _PREAMBLE = re.compile(r"^(sure|certainly|of course|here('s| is| are)|okay|ok)\b.*[:!.]$", re.I)
+_ABOUT_THE_ANSWER = re.compile(r"\b(sentences?|captions?|descriptions?)\b", re.I)
+
+
+def is_preamble(line: str) -> bool:
+    """A chat model's lead-in, not the answer: "Sure! Here's a brief sentence:",
+    "Certainly!", "Here is a sentence describing the photo." -- but not an answer that
+    happens to start like one ("Here is a dog on a sofa.")."""
+    if not _PREAMBLE.match(line):
+        return False
+    return (
+        line.endswith((":", "!")) or len(line.split()) <= 3 or bool(_ABOUT_THE_ANSWER.search(line))
+    )
 
 
 def parse_sentence(text: str) -> str:
@@ -38,7 +50,7 @@ def parse_sentence(text: str) -> str:
     if _REFUSAL.search(text):
         raise ParseError("refusal")
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not _PREAMBLE.match(ln)]
+    lines = [ln for ln in lines if not is_preamble(ln)]
     if not lines:
         raise ParseError("no sentence")
     s = lines[0].strip().strip("\"'“”").strip()

@@ -1,11 +1,26 @@
 """Providers: who answers a batch of chat requests.
 
 - :class:`OfflineProvider`: the deterministic knowledge-based stand-in (offline.py).
-- :class:`OpenAIProvider`: any OpenAI-compatible chat-completions endpoint through the
-  ``openai`` package, with a concurrency limit, a timeout, and retries with exponential
-  backoff that honour Retry-After, on 429s, 5xx, timeouts, dropped connections and bodies
-  that are not the JSON the API promises. Faults are counted (``faults``); tokens and
-  cost are accounted by the corpus builder from each completion's usage.
+- :class:`OpenAIProvider`: any OpenAI-compatible endpoint through the ``openai`` package,
+  with a concurrency limit, a timeout, and retries with exponential backoff on 429s, 5xx,
+  timeouts, dropped connections and bodies that are not the JSON the API promises.
+  Faults are counted (``faults``); tokens and cost are accounted by the corpus builder
+  from each completion's usage.
+
+Routes and parameters (``ProviderConfig.api``, ``token_limit``): chat models answer
+``/v1/chat/completions``; completions-only models (``davinci-002``, ``babbage-002``,
+``gpt-3.5-turbo-instruct``, a served base model) answer ``/v1/completions``, which gets the
+prompt as plain text (:meth:`ChatRequest.as_prompt`). OpenAI's reasoning models (o1, o3,
+o4-mini, gpt-5...) refuse ``max_tokens`` and take ``max_completion_tokens``; a server that
+says so in a 400 is answered with the other parameter for the rest of the run. A chat
+request that a server refuses as "not a chat model" is an error that names the fix
+(``api: completions``): the route is part of the cache key, so it is not switched mid-run.
+
+Retry-After (429 and 503, seconds or an HTTP date; ``retry-after-ms`` too) is honoured,
+capped by ``max_backoff_s``. A 429 whose error code is ``insufficient_quota`` is final: the
+account has no credit, and retrying only burns the retries. Each reply's ``model`` is kept
+with its completion (``Completion.model``); the corpus builder counts the replies whose
+model is not the one asked for.
 
 The API key is read from the environment variable named in params and handed to the
 client; it is never logged, stored or put into metadata or MLflow.
@@ -17,6 +32,7 @@ import email.utils
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -28,6 +44,14 @@ from pipelines.text.config import ProviderConfig
 from pipelines.text.knowledge import Knowledge
 
 log = logging.getLogger(__name__)
+DEFAULT_ENDPOINT = "https://api.openai.com/v1"
+# OpenAI models served only on /v1/completions (GPT-3 base models and the instruct model
+# that replaced text-davinci-002/003; the retired text-* names for old endpoints)
+COMPLETIONS_ONLY = re.compile(
+    r"^(davinci-002|babbage-002|gpt-3\.5-turbo-instruct(-\d+)?|text-(davinci|curie|babbage|ada)-\d+)$"
+)
+# OpenAI reasoning models: max_completion_tokens, not max_tokens
+REASONING = re.compile(r"^(o\d+(-[\w.-]+)?|gpt-5([\w.-]*)?)$")
 
 
 class ProviderError(RuntimeError):
@@ -48,6 +72,9 @@ class OfflineProvider:
         # the response-cache key's model: a new version of the offline answers is asked again
         self.cache_model = f"{config.model}@v{VERSION}"
         self.faults: Counter[str] = Counter()
+
+    endpoint: str | None = None
+    route = "chat"
 
     def complete(self, request: ChatRequest) -> Completion:
         msgs = request.as_messages()
@@ -86,6 +113,27 @@ def retry_after_seconds(headers, now: float | None = None) -> float | None:
     return max(0.0, when - (time.time() if now is None else now))
 
 
+def endpoint_of(base_url: str | None) -> str | None:
+    """The endpoint part of a cache key: None for OpenAI's own API (the key it always
+    had), else the base URL without a trailing slash."""
+    if base_url is None:
+        return None
+    url = str(base_url).rstrip("/")
+    return None if url == DEFAULT_ENDPOINT else url
+
+
+def resolve_route(config: ProviderConfig) -> str:
+    if config.api != "auto":
+        return config.api
+    return "completions" if COMPLETIONS_ONLY.match(config.model) else "chat"
+
+
+def resolve_token_limit(config: ProviderConfig) -> str:
+    if config.token_limit != "auto":
+        return config.token_limit
+    return "max_completion_tokens" if REASONING.match(config.model) else "max_tokens"
+
+
 class OpenAIProvider:
     def __init__(self, config: ProviderConfig, *, sleep: Callable[[float], None] = time.sleep):
         import openai
@@ -101,52 +149,107 @@ class OpenAIProvider:
             api_key=key, base_url=config.base_url, timeout=config.timeout_s, max_retries=0
         )
         del key
+        # the URL the client really calls ($OPENAI_BASE_URL when base_url is unset)
+        self.endpoint = endpoint_of(str(self.client.base_url))
+        self.route = resolve_route(config)
+        self.token_limit = resolve_token_limit(config)
         self.faults: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._sleep = sleep
 
     @property
     def where(self) -> str:
-        return self.config.base_url or "api.openai.com"
+        return self.config.base_url or self.endpoint or "api.openai.com"
 
     def _count(self, what: str) -> None:
         with self._lock:
             self.faults[what] += 1
+
+    def _call(self, request: ChatRequest, limit: str) -> Completion:
+        """One request on this provider's route (``limit``: the chat route's length
+        parameter); raises what the client raises."""
+        cfg = self.config
+        if self.route == "completions":
+            resp = self.client.completions.create(
+                model=cfg.model,
+                prompt=request.as_prompt(),
+                temperature=request.temperature,
+                max_tokens=request.max_tokens,
+                seed=request.seed,
+            )
+            choice = resp.choices[0] if resp.choices else None
+            text = choice.text if choice is not None else None
+        else:
+            resp = self.client.chat.completions.create(
+                model=cfg.model,
+                messages=request.as_messages(),
+                temperature=request.temperature,
+                seed=request.seed,
+                **{limit: request.max_tokens},
+            )
+            choice = resp.choices[0] if resp.choices else None
+            text = choice.message.content if choice is not None else None
+        if not isinstance(text, str):
+            raise ValueError("no text in the response")
+        usage = resp.usage
+        served = getattr(resp, "model", None)
+        return Completion(
+            text,
+            int(getattr(usage, "prompt_tokens", 0) or 0),
+            int(getattr(usage, "completion_tokens", 0) or 0),
+            served if isinstance(served, str) and served else None,
+        )
+
+    def _wants_other_limit(self, err, limit: str) -> bool:
+        """A 400 refusing ``limit`` and naming the other length parameter: from now on,
+        send the other one (every thread; counted once)."""
+        if self.route != "chat":
+            return False
+        other = "max_tokens" if limit == "max_completion_tokens" else "max_completion_tokens"
+        msg = str(getattr(err, "message", "") or err)
+        if other not in msg or limit not in msg:
+            return False
+        with self._lock:
+            if self.token_limit == limit:
+                log.warning("%s wants %s, not %s: switching", self.where, other, limit)
+                self.token_limit = other
+                self.faults["token_limit_switched"] += 1
+        return True
 
     def complete(self, request: ChatRequest) -> Completion:
         import openai
 
         cfg = self.config
         delay = cfg.backoff_s
-        for attempt in range(cfg.max_retries + 1):
+        switched = False
+        attempt = 0
+        while True:
             wait_s: float | None = None
+            limit = self.token_limit
             try:
-                resp = self.client.chat.completions.create(
-                    model=cfg.model,
-                    messages=request.as_messages(),
-                    temperature=request.temperature,
-                    max_tokens=request.max_tokens,
-                    seed=request.seed,
-                )
-                choice = resp.choices[0] if resp.choices else None
-                text = choice.message.content if choice is not None else None
-                if not isinstance(text, str):
-                    raise ValueError("no message content in the response")
-                usage = resp.usage
-                return Completion(
-                    text,
-                    int(getattr(usage, "prompt_tokens", 0) or 0),
-                    int(getattr(usage, "completion_tokens", 0) or 0),
-                )
+                return self._call(request, limit)
             except openai.AuthenticationError:
                 raise ProviderError(
                     f"{self.where} refused the API key in ${cfg.api_key_env} (HTTP 401)"
                 ) from None
-            except openai.NotFoundError:
+            except openai.NotFoundError as err:
+                if "not a chat model" in str(err.message).lower():
+                    raise ProviderError(
+                        f"{self.where}: {cfg.model!r} is not a chat model (HTTP 404); set "
+                        "`api: completions` in the corpus's provider"
+                    ) from None
                 raise ProviderError(
-                    f"{self.where} does not serve model {cfg.model!r} (HTTP 404){self._models()}"
+                    f"{self.where} does not serve model {cfg.model!r} on /v1/"
+                    f"{'chat/completions' if self.route == 'chat' else 'completions'} "
+                    f"(HTTP 404){self._models()}"
                 ) from None
             except openai.RateLimitError as err:
+                if "insufficient_quota" in (str(err.code), str(err.type)):
+                    raise ProviderError(
+                        f"{self.where}: the account behind ${cfg.api_key_env} has no quota "
+                        "left (HTTP 429 insufficient_quota); add credit or use another key "
+                        "(not retried: waiting does not refill it)"
+                    ) from None
                 self._count("rate_limited")
                 wait_s = retry_after_seconds(err.response.headers)
             except openai.APITimeoutError:
@@ -157,24 +260,38 @@ class OpenAIProvider:
                     raise ProviderError(
                         f"{self.where}: cannot connect ({err.__cause__ or err}); is the server up?"
                     ) from None
-            except openai.InternalServerError:
+            except openai.InternalServerError as err:
                 self._count("server_error")
+                if err.status_code == 503:
+                    wait_s = retry_after_seconds(err.response.headers)
             except openai.APIStatusError as err:
+                if err.status_code == 400 and not switched and self._wants_other_limit(err, limit):
+                    switched = True
+                    continue  # the same attempt, with the parameter the server asked for
                 if err.status_code >= 500:
                     self._count("server_error")
                 else:
+                    hint = (
+                        "; a model without a chat template answers on `api: completions`"
+                        if self.route == "chat" and "chat template" in str(err.message).lower()
+                        else ""
+                    )
                     raise ProviderError(
                         f"{self.where} rejected the request (HTTP {err.status_code}): "
-                        f"{str(err.message)[:200]}"
+                        f"{str(err.message)[:200]}{hint}"
                     ) from None
             except (openai.APIResponseValidationError, ValueError, AttributeError, IndexError):
                 self._count("malformed")
             if attempt == cfg.max_retries:
                 break
             self._count("retries")
-            pause = wait_s if wait_s is not None else min(cfg.max_backoff_s, delay)
-            self._sleep(pause * (1.0 if wait_s is not None else random.uniform(0.5, 1.0)))
+            if wait_s is not None:  # the server's own delay, within our cap
+                pause = min(cfg.max_backoff_s, wait_s)
+            else:
+                pause = min(cfg.max_backoff_s, delay) * random.uniform(0.5, 1.0)
+            self._sleep(pause)
             delay *= 2
+            attempt += 1
         raise ProviderError(
             f"{self.where}: no valid answer after {cfg.max_retries + 1} attempts "
             f"(faults so far: {dict(self.faults)})"
