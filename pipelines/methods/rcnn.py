@@ -57,6 +57,15 @@ Our choices (not the paper's):
   ``fallback_classes``).
 - The baseline row (Table 3 row 1) encodes "a photo of a {name}." with the frozen text
   tower and scores by Eq. 5, without snippets.
+
+On a timm CNN tower (``icon-lit``'s EfficientNet-Lite0, average pooling + a linear
+projection) ClearCLIP's change (no residual, no FFN, q-q attention in the last block) has
+nothing to act on: no attention mixes the cells and the pooling is a plain mean. The local
+tokens of Eq. 4 are then each cell of the last feature map through the pooled feature's
+own projection (what each cell contributes to the global embedding, which is their mean;
+4 x 4 cells at 128 px), and the global score of Eq. 3 uses the pooled embedding.
+CNR runs on either text tower (pipelines/vlp/text_embeds.py): with MiniLM the context and
+the learnt name vectors are WordPiece embeddings, mean-pooled instead of eot-pooled.
 """
 
 from __future__ import annotations
