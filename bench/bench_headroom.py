@@ -70,6 +70,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     ap.add_argument("--cells", nargs="*", default=[], help="e.g. qks-icon@s0 clip_ft-icon@s0")
+    ap.add_argument(
+        "--n-train",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also fit the probes on the first N train images (how the headroom grows with N)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     p = load_params(args.params)
@@ -106,6 +113,23 @@ def main() -> None:
         ]
         mean, std = float(np.mean(runs)), float(np.std(runs))
         rows.append((what, f"{mean:.1f} ± {std:.1f}", "—", f"{mean / ref:.2f}"))
+    for n in args.n_train:  # the same probes on fewer labelled images
+        for what, xtr in (("global", train.global_), ("spatial (max)", train.patches)):
+            runs = [
+                m_ap(probe(xtr[:n].float(), y_train[:n], xte.float(), args.steps, s), seen)
+                for s, xte in (
+                    (s, test.global_ if what == "global" else test.patches) for s in args.seeds
+                )
+            ]
+            mean, std = float(np.mean(runs)), float(np.std(runs))
+            rows.append(
+                (
+                    f"probe, {what}, first {n} train",
+                    f"{mean:.1f} ± {std:.1f}",
+                    "—",
+                    f"{mean / ref:.2f}",
+                )
+            )
     cell_scores: dict[str, list[np.ndarray]] = {}
     for cell in args.cells:
         variant, seed = cell.split("@")
