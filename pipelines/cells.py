@@ -192,6 +192,10 @@ def pretrain_backbone(params: Params, backbone: str, *, progress: bool = True) -
     out = params.path("models") / backbone
     images = toyworld.load_images(root, "pretrain", mmap=False)
     captions = toyworld.load_captions(root)
+    if cfg.pretrain.recipe == "lit":  # two pretrained towers aligned (pipelines/vlp/lit.py)
+        from pipelines.vlp.lit import align_backbone
+
+        return align_backbone(params, backbone, images, captions, out, progress=progress)
     with mlflow_run(
         params,
         "backbones",

@@ -108,14 +108,33 @@ class DatasetConfig(StrictModel):
 
 # ---------------------------------------------------------------------------- backbones
 class PretrainConfig(StrictModel):
-    """Contrastive pre-training of a tiny CLIP on a dataset's captions (toyworld)."""
+    """How the pipeline makes a backbone's weights from a dataset's captions.
 
+    ``recipe: clip`` trains a tiny CLIP from scratch (pipelines/vlp/pretrain.py);
+    ``recipe: lit`` aligns two pretrained towers as LiT does (pipelines/vlp/lit.py): both
+    frozen but the last ``unlocked_image_groups`` image layer groups, the projections
+    (``embed_dim`` wide; default: the model config's) and the temperature (initialised at
+    ``init_temperature``) trained with InfoNCE.
+    """
+
+    recipe: Literal["clip", "lit"] = "clip"
     dataset: str = "toyworld"
     epochs: Annotated[int, Field(gt=0)] = 10
     batch_size: Annotated[int, Field(gt=1)] = 256
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
     warmup_steps: Annotated[int, Field(ge=0)] = 50
+    unlocked_image_groups: Annotated[int, Field(ge=0)] = 0
+    init_temperature: Annotated[float, Field(gt=0, le=1)] = 0.07
+    embed_dim: Annotated[int, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _lit_only(self) -> PretrainConfig:
+        if self.recipe != "lit":
+            for key in ("unlocked_image_groups", "embed_dim"):
+                if key in self.model_fields_set:
+                    raise ValueError(f"{key}: only for `recipe: lit`")
+        return self
 
 
 class BackboneConfig(StrictModel):
@@ -314,7 +333,10 @@ class Params(StrictModel):
         bb = self.backbone_for(dataset, variant)
         if bb not in self.backbones:
             return
-        dim = backbone_embed_dim(self.backbones[bb].model)
+        pre = self.backbones[bb].pretrain
+        dim = (pre.embed_dim if pre is not None else None) or backbone_embed_dim(
+            self.backbones[bb].model
+        )
         if dim is None:
             return
         var = self.variants[variant]

@@ -43,6 +43,8 @@ from pipelines.relations import RELATIONS_CODE
 
 STAMP = ".ovml-stage.json"
 LIBRARY_CODE: tuple[str, ...] = ()  # shared helpers are not deps: editing them reruns nothing
+# a backbone aligned from packaged towers (`pretrain: {recipe: lit}`)
+LIT_CODE = ("pipelines/vlp/lit.py", "pipelines/vlp/towers.py", "pipelines/vlp/tower_sources.py")
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,7 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 ("seed", f"backbones.{bb}"),
                 (
                     *LIBRARY_CODE,
-                    "pipelines/vlp/pretrain.py",
+                    *(LIT_CODE if cfg.pretrain.recipe == "lit" else ("pipelines/vlp/pretrain.py",)),
                     "pipelines/vlp/backbone.py",
                     f"pipelines/vlp/model_configs/{cfg.model}.json",
                 ),

@@ -94,6 +94,13 @@ def stage_metadata(root: Path, kind: str, out: str) -> dict[str, Any]:
                 "mlflow_experiment_id": info.get("mlflow_experiment_id"),
             }
         )
+        towers = _read(folder / "towers.json")  # packaged towers (pipelines/vlp/towers.py)
+        for side in ("image", "text"):
+            if side in towers:
+                src = towers[side]
+                meta[f"{side} tower"] = f"{src.get('package')}=={src.get('version')}"
+                for rel, digest in src.get("sha256", {}).items():
+                    meta[f"{side} sha256 {rel}"] = digest
     elif kind == "features" and folder.is_dir():
         for split_dir in sorted(p for p in folder.iterdir() if (p / "index.json").exists()):
             idx = _read(split_dir / "index.json")

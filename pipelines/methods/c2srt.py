@@ -109,6 +109,13 @@ neighbourhoods, shown in Dagster), built once and read by every cell with the sa
 (dataset, backbone, source, n_related) through ``ctx.relations()``; its summary is also in
 the cell's metrics.json meta. The ``random`` graph is one fixed draw (seed 0) shared by all
 training seeds.
+
+On a CNN tower the "patches" of ISR (Algorithm 1) are the cells of the last feature map,
+each through the tower's projection into the joint space (pipelines/vlp/backbone.py
+``image_tokens``; for ``icon-lit``'s EfficientNet-Lite0, the pooled feature's linear
+projection: 4 x 4 = 16 cells at 128 px, which average to f_G before normalisation). The
+cap N follows the paper's ratio of patches kept, 32 of 196: round(32 / 196 x 16) = 3.
+The student tower is the whole timm tower (trunk and projection), fine-tuned end to end.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ makes the fine-tuned model open-vocabulary. The loss is MKT's ranking loss over 
 labels (margin 1 on cosine scores; ``objective: classification`` gives the sigmoid
 cross-entropy of QKS Eq. 7 instead). Training runs end to end from images on the shared
 trainer (pipelines/train.py); the text tower never trains.
+
+It reads no local tokens, so nothing changes on a CNN tower: the fine-tuned image
+encoder is the whole tower (for ``icon-lit``'s timm EfficientNet-Lite0: trunk and linear
+projection), its pooled embedding scored against the frozen label embeddings.
 """
 
 from __future__ import annotations

@@ -40,6 +40,11 @@ Ablations (Table 4): ``local: false`` scores with f_θ(u^g) only; ``mapping: fal
 feeds v itself (α = 1). Few-shot (Table 3): ``few_shot: k`` fine-tunes f_θ afterwards
 on k labelled train images per class (global fused embeddings, ranking loss over the
 annotated columns). Figure 2: ``corpus_fraction`` trains on the corpus's first sentences.
+
+On ``icon-lit``'s timm EfficientNet-Lite0 (average pooling, then a linear projection)
+the local embeddings v^l_j are the last feature map's cells through that same
+projection (pipelines/vlp/backbone.py:timm_cnn_tokens): their mean is v^g before
+normalisation, as the attention pool's value path is for CLIP's RN50.
 """
 
 from __future__ import annotations

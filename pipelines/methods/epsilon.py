@@ -21,6 +21,13 @@ The paper uses an ImageNet ViT-B/16 with word-vector (GloVe) label embeddings; h
 backbone is any supported one (``backbone:`` of the variant) and the label embeddings are
 a config choice: CLIP text embeddings (default, the open-vocabulary setting of this
 project) or a word-vector text file (``word v1 v2 ...``, GloVe's format).
+
+On a CNN tower (Table 6's VGG19; ``icon-lit``'s EfficientNet-Lite0) the image tokens F
+are the cells of the last feature map, each through the tower's projection into the
+joint space (pipelines/vlp/backbone.py ``image_tokens``: for a timm CNN with average
+pooling, the pooled feature's own linear projection, so the tokens average to the global
+embedding; 4 x 4 = 16 tokens at 128 px). GPA's encoder (Eq. 1-3) and GFP's blocks
+(Eq. 4-6) read them as they read ViT patch tokens.
 """
 
 from __future__ import annotations

@@ -13,6 +13,14 @@ single prompt / CoOp prompt tuning / prompt pool (Table 4), ranking vs classific
 
 The equations write the residual updates without normalisation; the layers here follow
 the DETR / Query2Label decoder QKS builds on (post-norm LayerNorm after each residual).
+
+On a CNN tower the spatial features of Eq. 1 are the cells of the last feature map in
+the joint space (pipelines/vlp/backbone.py ``image_tokens``): CLIP's ResNets give each
+cell through the attention pool's value and output projections, a timm CNN with average
+pooling (``icon-lit``'s EfficientNet-Lite0) each cell through the same linear projection
+as the pooled feature, so the tokens average to the global embedding. At 128 px that is
+4 x 4 = 16 tokens where ViT-B/16 gives 196 patch tokens; the decoder's cross-attention
+(Eq. 4) reads them unchanged.
 """
 
 from __future__ import annotations

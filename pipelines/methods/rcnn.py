@@ -82,6 +82,15 @@ Figure 5 (:func:`figure5`): hierarchical pairs from the dataset's knowledge.json
 procedural worlds), or, on NUS-WIDE, the paper's eight groups of unseen classes
 (:data:`NUS_WIDE_GROUPS`), on the images with a positive in the evaluated block
 (published/rcnn.yaml: ``keep_images: with_positive``).
+
+On a timm CNN tower (``icon-lit``'s EfficientNet-Lite0, average pooling + a linear
+projection) ClearCLIP's change (no residual, no FFN, q-q attention in the last block) has
+nothing to act on: no attention mixes the cells and the pooling is a plain mean. The local
+tokens of Eq. 4 are then each cell of the last feature map through the pooled feature's
+own projection (what each cell contributes to the global embedding, which is their mean;
+4 x 4 cells at 128 px), and the global score of Eq. 3 uses the pooled embedding.
+CNR runs on either text tower (pipelines/vlp/text_embeds.py): with MiniLM the context and
+the learnt name vectors are WordPiece embeddings, mean-pooled instead of eot-pooled.
 """
 
 from __future__ import annotations
@@ -92,7 +101,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -101,8 +109,14 @@ from tqdm.auto import tqdm
 from pipelines.methods.base import CellContext, Method, MethodConfig
 from pipelines.metrics import hierarchical_pair_metrics
 from pipelines.vlp.backbone import Backbone
+from pipelines.vlp.text_embeds import (  # CLIP or HF text tower
+    check_text_tower,
+    encode_token_embeddings,
+    subword_ids,
+    token_embedding,
+)
 
-CODE_DEPS = ("pipelines/vlp/clearclip.py",)
+CODE_DEPS = ("pipelines/vlp/clearclip.py", "pipelines/vlp/text_embeds.py")
 N_TEMPLATES = 80  # CLIP's ImageNet templates (open_clip OPENAI_IMAGENET_TEMPLATES)
 
 
@@ -148,37 +162,13 @@ class Config(MethodConfig):
 
 
 # ---------------------------------------------------------------------------- text tower
-def _clip_text(backbone: Backbone) -> open_clip.CLIP:
-    model = backbone.model
-    if not isinstance(model, open_clip.CLIP) or not hasattr(model, "token_embedding"):
-        raise TypeError(
-            f"{backbone.name}: CNR feeds token embeddings to the text tower, which needs an "
-            f"open_clip CLIP text tower (got {type(model).__name__})"
-        )
-    return model
-
-
-def encode_token_embeddings(model: open_clip.CLIP, embeds: torch.Tensor, tokens: torch.Tensor):
-    """open_clip's ``CLIP.encode_text`` from token embeddings (B, L, W) instead of ids;
-    ``tokens`` (B, L) only locate the pooled (eot) position. Unnormalised (B, D)."""
-    cast = model.transformer.get_cast_dtype()
-    x = embeds.to(cast) + model.positional_embedding.to(cast)
-    x = model.transformer(x, attn_mask=model.attn_mask)
-    x = model.ln_final(x)
-    x = open_clip.transformer.text_global_pool(
-        x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None)
-    )
-    if model.text_projection is not None:
-        proj = model.text_projection
-        x = proj(x) if isinstance(proj, torch.nn.Linear) else x @ proj
-    return x
+def _clip_text(backbone: Backbone):
+    check_text_tower(backbone.model, f"{backbone.name}: CNR")
+    return backbone.model
 
 
 def _bpe(backbone: Backbone, text: str) -> list[int]:
-    tok = backbone.tokenizer
-    if not hasattr(tok, "encode"):
-        raise TypeError(f"{backbone.name}: CNR needs CLIP's BPE tokenizer (SimpleTokenizer)")
-    return list(tok.encode(text))
+    return subword_ids(backbone.tokenizer, text)
 
 
 class NameLearner(torch.nn.Module):
@@ -191,9 +181,9 @@ class NameLearner(torch.nn.Module):
         prompt = cfg.context + " " + " ".join(["X"] * n) + "."
         tokens = backbone.tokenize([prompt])
         self.start = 1 + len(_bpe(backbone, cfg.context))
-        emb = model.token_embedding.weight.detach()
+        emb = token_embedding(model).weight.detach()
         with torch.no_grad():
-            base = model.token_embedding(tokens)  # (1, L, W)
+            base = token_embedding(model)(tokens)  # (1, L, W)
         self.register_buffer("tokens", tokens.expand(len(names), -1).clone())
         self.register_buffer("base", base.expand(len(names), -1, -1).clone())
         self.padded = self.truncated = 0
@@ -212,7 +202,7 @@ class NameLearner(torch.nn.Module):
             init = torch.stack(rows)
         self.names = torch.nn.Parameter(init.to(base.device, base.dtype).clone())
 
-    def forward(self, model: open_clip.CLIP) -> torch.Tensor:
+    def forward(self, model) -> torch.Tensor:
         """(C, D) l2-normalised class embeddings z_c* = E_t(t(c*))."""
         n = self.names.shape[1]
         x = torch.cat(

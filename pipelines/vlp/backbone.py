@@ -94,9 +94,11 @@ class Backbone:
         visual = self.model.visual
         if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
             return resnet_tokens(visual, pixels)
+        if isinstance(visual, open_clip.timm_model.TimmModel):
+            return timm_cnn_tokens(visual, pixels)
         if not isinstance(visual, open_clip.transformer.VisionTransformer):
             raise TypeError(
-                f"{self.name}: patch tokens need a ViT or ModifiedResNet image tower, "
+                f"{self.name}: patch tokens need a ViT, ModifiedResNet or timm CNN image tower, "
                 f"got {type(visual).__name__}"
             )
         was = visual.output_tokens
@@ -151,6 +153,25 @@ def resnet_tokens(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return pooled, pool.c_proj(pool.v_proj(cells))
 
 
+def timm_cnn_tokens(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pooled (B, D), local (B, h*w, D)) of an open_clip TimmModel CNN tower with average
+    pooling and a linear projection (the packaged EfficientNet-Lite0, pipelines/vlp/towers.py).
+
+    The local tokens are the cells of the trunk's last feature map, each through the same
+    head (projection) as the pooled feature; the head is linear, so their mean is the global
+    embedding before normalisation (tests/test_towers.py checks it).
+    """
+    head = visual.head
+    if set(dict(head.named_children())) - {"drop", "proj"}:
+        raise TypeError("local tokens need a timm tower with avg pooling and a linear projection")
+    fmap = visual.trunk.forward_features(pixels)  # (B, C, h, w)
+    if fmap.dim() != 4:
+        raise TypeError(f"timm trunk returned a {fmap.dim()}-d feature map, not (B, C, h, w)")
+    pooled = head(visual.trunk.forward_head(fmap))
+    cells = fmap.flatten(2).transpose(1, 2)  # (B, h*w, C)
+    return pooled, head(cells)
+
+
 def create_backbone(
     model: str,
     weights: str = "none",
@@ -166,6 +187,10 @@ def create_backbone(
     """
     register_model_configs()
     device = torch.device(device)
+    from pipelines.vlp.towers import create_tower_backbone, is_tower_model
+
+    if is_tower_model(model):  # the packaged pretrained towers (LiT): pipelines/vlp/towers.py
+        return create_tower_backbone(model, weights, device=device, precision=precision, name=name)
     if model.startswith("torchvision:"):  # ImageNet CNNs (Epsilon Table 6's VGG19)
         from pipelines.vlp.torchvision_backbone import create_torchvision_backbone
 

@@ -15,7 +15,13 @@ ResNet towers (open_clip ``ModifiedResNet``, CLIP's RN50...): there is no q-q at
 swap in, so the equivalent dense tokens are the attention pool's value path per cell
 (``resnet_tokens`` in backbone.py: MaskCLIP's reading, which like ClearCLIP drops the
 query-key mixing and the residual), and the global embedding is the attention pool's
-output. Any other tower is refused with an error that says so.
+output. timm CNN towers with average pooling and a linear projection (the packaged
+EfficientNet-Lite0 of ``icon-lit``, pipelines/vlp/towers.py): ClearCLIP's change ("remove
+the residual and the FFN of the last block, attend query to query") has no counterpart,
+as no attention mixes the cells and the pooling is a plain mean; the local tokens are the
+last feature map's cells through the same projection as the pooled feature
+(``timm_cnn_tokens`` in backbone.py), i.e. what each cell alone contributes to the global
+embedding, which is their mean. Any other tower is refused with an error that says so.
 
 Both are l2-normalised. Snippets (Eq. 9): the input is cut into a g x g grid (g = sqrt K),
 each cell resized back to the input size (bicubic, as the image pipeline) and encoded
@@ -48,7 +54,7 @@ from tqdm.auto import tqdm
 
 from pipelines.data.images import ImageSource, batches
 from pipelines.io import atomic_path, read_json, write_json
-from pipelines.vlp.backbone import Backbone, resnet_tokens
+from pipelines.vlp.backbone import Backbone, resnet_tokens, timm_cnn_tokens
 
 SHARD_SIZE = 2048
 CODE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
@@ -65,11 +71,14 @@ def clearclip_tokens(backbone: Backbone, pixels: torch.Tensor) -> tuple[torch.Te
     if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
         pooled, tokens = resnet_tokens(visual, pixels)
         return F.normalize(pooled, dim=-1), F.normalize(tokens, dim=-1)
+    if isinstance(visual, open_clip.timm_model.TimmModel):
+        pooled, tokens = timm_cnn_tokens(visual, pixels)
+        return F.normalize(pooled, dim=-1), F.normalize(tokens, dim=-1)
     if not isinstance(visual, open_clip.transformer.VisionTransformer):
         raise TowerError(
             f"{backbone.name}: RCNn's local tokens need the last block of the image tower; "
-            f"{type(visual).__name__} is neither an open_clip VisionTransformer nor a "
-            "ModifiedResNet, so its last block cannot be reached"
+            f"{type(visual).__name__} is neither an open_clip VisionTransformer, a "
+            "ModifiedResNet nor a timm CNN tower, so its last block cannot be reached"
         )
     if visual.attn_pool is not None or getattr(visual, "pool_type", "tok") != "tok":
         raise TowerError(
