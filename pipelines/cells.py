@@ -170,6 +170,7 @@ def load_backbone(params: Params, backbone: str) -> Backbone:
             device=resolve_device(params.device),
             precision=cfg.precision,
             name=backbone,
+            quick_gelu=cfg.quick_gelu,
         )
     except (FileNotFoundError, OSError, RuntimeError, ValueError) as err:
         if cfg.weights == "pretrain":

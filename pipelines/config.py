@@ -131,6 +131,11 @@ class BackboneConfig(StrictModel):
     pretrain: PretrainConfig | None = None
     batch_size: Annotated[int, Field(gt=0)] = 256
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    quick_gelu: bool | None = None
+    """The activation the weights were trained with (OpenAI's CLIPs: QuickGELU). Derived
+    from open_clip's pretrained config for ``open_clip:<tag>`` weights (a declared value
+    must agree); required for a ``file:`` checkpoint of an architecture whose open_clip
+    weights were trained both ways (pipelines/vlp/backbone.py ``resolve_quick_gelu``)."""
 
     @field_validator("weights")
     @classmethod
@@ -143,6 +148,8 @@ class BackboneConfig(StrictModel):
     def _pretrain_needs_config(self) -> BackboneConfig:
         if self.weights == "pretrain" and self.pretrain is None:
             raise ValueError("weights: pretrain needs a 'pretrain:' block")
+        if self.quick_gelu is not None and self.model.startswith("torchvision:"):
+            raise ValueError("quick_gelu: a torchvision CNN has no GELU: remove the key")
         return self
 
 
