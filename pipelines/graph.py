@@ -177,6 +177,7 @@ def build_graph(params: Params) -> dict[str, Stage]:
                     f"backbones.{bb}.weights",
                     f"backbones.{bb}.quick_gelu",
                     f"datasets.{ds}.images",
+                    f"datasets.{ds}.transform",
                 ),
                 (
                     *LIBRARY_CODE,
