@@ -530,6 +530,9 @@ def run_stage(
 ) -> Any:
     """Compute one graph stage (the single entry point of CLI, DVC and Dagster).
     ``from_scratch``: a training cell resumes no checkpoint (``--force``)."""
+    from pipelines.capacity import check_stage_fits
+
+    check_stage_fits(params, stage)  # a node too small: stop before anything runs
     setup_torch(params)
     if world_size() > 1 and stage.kind != "cell":
         raise RuntimeError(

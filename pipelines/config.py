@@ -296,6 +296,56 @@ class PathsConfig(StrictModel):
     results: str = "results"
 
 
+def parse_bytes(value: int | float | str) -> int:
+    """``80GB``, ``256GiB``, ``2TB`` or a number of bytes."""
+    if isinstance(value, int | float):
+        return int(value)
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    units |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    text = value.strip().upper().replace(" ", "")
+    num = text.rstrip("KMGTIB")
+    unit = text[len(num) :]
+    try:
+        return int(float(num) * units[unit])
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"{value!r}: a size is a number of bytes or e.g. 80GB, 256GiB, 2TB"
+        ) from None
+
+
+class NodeConfig(StrictModel):
+    """One machine the stages run on (pipelines/capacity.py checks every stage against it).
+    Sizes: a number of bytes or e.g. ``80GB``, ``256GiB``, ``2TB``. Default: one H100 80 GB
+    with 256 GiB of RAM and 2 TB of disk."""
+
+    gpus: Annotated[int, Field(ge=0)] = 1
+    gpu_memory: int | str = "80GB"
+    memory: int | str = "256GiB"
+    disk: int | str = "2TB"
+
+    @field_validator("gpu_memory", "memory", "disk")
+    @classmethod
+    def _size(cls, v: int | str) -> int | str:
+        parse_bytes(v)
+        return v
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        return parse_bytes(self.gpu_memory) if self.gpus else 0
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_bytes(self.memory)
+
+    @property
+    def disk_bytes(self) -> int:
+        return parse_bytes(self.disk)
+
+
+class ClusterConfig(StrictModel):
+    node: NodeConfig = NodeConfig()
+
+
 class Params(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -310,6 +360,7 @@ class Params(StrictModel):
     agreement: dict[str, AgreementConfig] = {}
     demo_agreement: list[str] = []
     corpora: dict[str, CorpusConfig] = {}  # LLM text corpora (pipelines/text/config.py)
+    cluster: ClusterConfig = ClusterConfig()  # the node every stage must fit (capacity.py)
 
     # where relative paths resolve (the params file's folder) and the keys as written
     root: Path = Field(default=REPO_ROOT, exclude=True)
