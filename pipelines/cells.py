@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from pipelines.cell_plots import log_cell_figures
 from pipelines.config import Params, method_class, split_seed
-from pipelines.data.images import open_images
+from pipelines.data.images import from_config, open_images
 from pipelines.data.prepared import PreparedDataset
 from pipelines.evaluate import evaluate_scores
 from pipelines.graph import Stage
@@ -170,6 +170,7 @@ def load_backbone(params: Params, backbone: str) -> Backbone:
             device=resolve_device(params.device),
             precision=cfg.precision,
             name=backbone,
+            quick_gelu=cfg.quick_gelu,
         )
     except (FileNotFoundError, OSError, RuntimeError, ValueError) as err:
         if cfg.weights == "pretrain":
@@ -238,7 +239,13 @@ def build_features(params: Params, dataset: str, backbone: str, *, progress: boo
         tmp.mkdir(parents=True)
         root = images_root(params, dataset)
         for split, sp in ds.splits.items():
-            source = open_images(data_dir, split, sp.image_ids, str(root) if root else None)
+            source = open_images(
+                data_dir,
+                split,
+                sp.image_ids,
+                str(root) if root else None,
+                from_config(params.datasets[dataset].transform),
+            )
             if hasattr(source, "available"):  # downloaded shards: dead links have no image
                 source = source.subset(source.available())
             extract_features(
@@ -286,7 +293,11 @@ def make_context(
         load_backbone=lambda: load_backbone(params, bb),
         load_features=lambda split: load_features(feat_dir / split),
         open_images=lambda split: open_images(
-            data_dir, split, ds.splits[split].image_ids, str(root) if root else None
+            data_dir,
+            split,
+            ds.splits[split].image_ids,
+            str(root) if root else None,
+            from_config(params.datasets[dataset].transform),
         ),
         log_metrics=log_metrics or (lambda metrics, step: None),
         progress=progress,
@@ -332,6 +343,14 @@ def _restrict_to_featurised(ds: PreparedDataset, feat_dir: Path) -> PreparedData
     if all(splits[k] is ds.splits[k] for k in splits):
         return ds
     return PreparedDataset(ds.name, ds.label_space, splits, ds.manifest, ds.meta)
+
+
+def _feature_transform(feat_dir: Path | None) -> dict | None:
+    """The image transform a feature cache records in its test split's index.json."""
+    from pipelines.io import read_json
+
+    index = feat_dir / "test" / "index.json" if feat_dir is not None else None
+    return read_json(index).get("transform") if index is not None and index.exists() else None
 
 
 def clear_checkpoints(work: Path) -> None:
@@ -452,6 +471,8 @@ def run_cell(
                 "n_unseen": ctx.n_labels - ctx.n_seen,
                 "n_train_images": int(len(ctx.train_labels)),
                 "n_test_images": int(len(ctx.test_labels)),
+                # what made the features it read (None: a cache older than the record)
+                "image_transform": _feature_transform(ctx.feature_dir),
             }
         )
         with atomic_path(out) as tmp:
@@ -513,6 +534,9 @@ def run_stage(
 ) -> Any:
     """Compute one graph stage (the single entry point of CLI, DVC and Dagster).
     ``from_scratch``: a training cell resumes no checkpoint (``--force``)."""
+    from pipelines.capacity import check_stage_fits
+
+    check_stage_fits(params, stage)  # a node too small: stop before anything runs
     setup_torch(params)
     if world_size() > 1 and stage.kind != "cell":
         raise RuntimeError(

@@ -349,6 +349,7 @@ def stage(
     import contextlib
     import json
 
+    from pipelines.capacity import CapacityError
     from pipelines.cells import run_stage
     from pipelines.graph import (
         StaleInputError,
@@ -385,7 +386,11 @@ def stage(
         if dagster_run_id:
             stack.enter_context(dagster_run(dagster_run_id, dagster_run_url))
             stack.enter_context(stage_view("dagster", dagster_run_id))
-        run_stage(p, graph[name])
+        try:
+            run_stage(p, graph[name])
+        except CapacityError as err:
+            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
         write_stamp(p, graph, name, inputs=inputs)
 
 
@@ -450,13 +455,26 @@ def dvc_yaml_cmd(
 
 
 @app.command()
-def plan(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+def plan(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    resources: Annotated[
+        bool,
+        typer.Option(
+            help="per stage: bytes written, peak memory, GPU memory, GPU-hours (estimates, "
+            "pipelines/capacity.py) against cluster.node; exit 1 if a stage does not fit"
+        ),
+    ] = False,
+) -> None:
     """Dry run: every stage of the graph and what it needs (release folder, weights
-    file, API key, network); runs nothing. Exit code 0 even when things are missing."""
+    file, API key, network); runs nothing. Exit code 0 even when things are missing.
+    With ``--resources``: the capacity plan instead; exit 1 when a stage exceeds the node."""
     from pipelines.plan import plan as make_plan
     from pipelines.plan import table_plans
 
     p = _params(params)
+    if resources:
+        _print_resources(p, str(params))
+        return
     stages = make_plan(p)
     tab = Table(title=f"plan of {params}: stages in run order")
     for col in ("stage", "state", "needs / has"):
@@ -482,6 +500,43 @@ def plan(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     out.print(tt)
     counts = {k: sum(s.state == k for s in stages) for k in styles}
     out.print(f"{len(stages)} stages: " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+
+
+def _print_resources(p: Params, where: str) -> None:
+    from pipelines.capacity import capacity_plan, human
+
+    node = p.cluster.node
+    rows = capacity_plan(p)
+    tab = Table(title=f"capacity plan of {where} (estimates; pipelines/capacity.py)")
+    for col in ("stage", "writes", "memory", "GPU memory", "GPU-h", "fits", "assumes"):
+        tab.add_column(col, overflow="fold")
+    problems: list[str] = []
+    for r in rows:
+        bad = r.exceeds(node)
+        problems += bad
+        tab.add_row(
+            r.stage,
+            human(r.writes),
+            human(r.memory),
+            human(r.gpu_memory),
+            f"{r.gpu_hours:.2f}",
+            "[red]NO[/red]" if bad else "[green]yes[/green]",
+            r.how,
+        )
+    out.print(tab)
+    out.print(
+        f"{len(rows)} stages: writes {human(sum(r.writes for r in rows))}, "
+        f"{sum(r.gpu_hours for r in rows):.1f} GPU-hours; largest memory "
+        f"{human(max(r.memory for r in rows))}, largest GPU memory "
+        f"{human(max(r.gpu_memory for r in rows))}; node: {node.gpus} GPU x "
+        f"{human(node.gpu_memory_bytes)}, {human(node.memory_bytes)} RAM, "
+        f"{human(node.disk_bytes)} disk",
+        highlight=False,
+    )
+    if problems:
+        for line in problems:
+            console.print(f"[red]too big:[/red] {line}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -78,6 +78,42 @@ class DownloadParams(StrictModel):
 GENERATED_SOURCES = ("toyworld", "iconworld")  # procedural worlds with captions
 
 
+class TransformConfig(StrictModel):
+    """How a photo becomes the backbone's square input (pipelines/data/images.py
+    ``ImageTransform``): ``squash`` (whole image to size x size) or ``center_crop`` (short
+    side to size / crop_pct, then the centre). ``size`` None = the backbone's input size.
+    The feature stage reads it: a change rebuilds the dataset's feature caches."""
+
+    mode: Literal["squash", "center_crop"]
+    size: Annotated[int, Field(ge=16)] | None = None
+    crop_pct: Annotated[float, Field(gt=0, le=1)] = 1.0
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+
+    @model_validator(mode="after")
+    def _crop_pct_needs_crop(self) -> TransformConfig:
+        if self.mode == "squash" and self.crop_pct != 1:
+            raise ValueError("crop_pct applies to center_crop only")
+        return self
+
+
+DEFAULT_TRANSFORMS: dict[str, dict[str, Any]] = {
+    # What each source's papers and their reference code do (README "Image transform"):
+    # every paper on these datasets says "resized into 224 x 224" (QKS, C2SRT, CoMC Sec.
+    # 4.1), and RCNn's code (datasets/__init__.py: Resize((224, 224)), torchvision's
+    # default bilinear) and BiAM's feature extraction (feature_extraction/dataset_nus.py:
+    # Resize((224, 224)), CenterCrop commented out) squash. CoMC publishes no code: squash
+    # per its text, bicubic as CLIP's own preprocessing.
+    "nus-wide": {"mode": "squash", "interpolation": "bilinear"},
+    "open-images-v4": {"mode": "squash", "interpolation": "bilinear"},
+    "coco-zsl": {"mode": "squash", "interpolation": "bilinear"},
+    "coco": {"mode": "squash"},
+    "voc2007": {"mode": "squash"},
+    # the generated worlds are square already: the backbone's resize is the whole transform
+    "toyworld": {"mode": "squash"},
+    "iconworld": {"mode": "squash"},
+}
+
+
 class DatasetConfig(StrictModel):
     """One dataset: where it comes from, which backbone its cells use by default, eval.
 
@@ -94,6 +130,18 @@ class DatasetConfig(StrictModel):
     images: str | None = None  # real datasets: an image folder or a downloader output folder
     download: DownloadParams | None = None
     eval: EvalConfig = EvalConfig()
+    transform: TransformConfig  # default: DEFAULT_TRANSFORMS[source]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_transform(cls, data: Any) -> Any:
+        if (
+            isinstance(data, dict)
+            and "transform" not in data
+            and data.get("source") in DEFAULT_TRANSFORMS
+        ):
+            data = {**data, "transform": DEFAULT_TRANSFORMS[data["source"]]}
+        return data
 
     @model_validator(mode="after")
     def _one_image_source(self) -> DatasetConfig:
@@ -150,6 +198,11 @@ class BackboneConfig(StrictModel):
     pretrain: PretrainConfig | None = None
     batch_size: Annotated[int, Field(gt=0)] = 256
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    quick_gelu: bool | None = None
+    """The activation the weights were trained with (OpenAI's CLIPs: QuickGELU). Derived
+    from open_clip's pretrained config for ``open_clip:<tag>`` weights (a declared value
+    must agree); required for a ``file:`` checkpoint of an architecture whose open_clip
+    weights were trained both ways (pipelines/vlp/backbone.py ``resolve_quick_gelu``)."""
 
     @field_validator("weights")
     @classmethod
@@ -162,6 +215,8 @@ class BackboneConfig(StrictModel):
     def _pretrain_needs_config(self) -> BackboneConfig:
         if self.weights == "pretrain" and self.pretrain is None:
             raise ValueError("weights: pretrain needs a 'pretrain:' block")
+        if self.quick_gelu is not None and self.model.startswith("torchvision:"):
+            raise ValueError("quick_gelu: a torchvision CNN has no GELU: remove the key")
         return self
 
 
@@ -174,6 +229,11 @@ class VariantConfig(BaseModel):
     method: str
     backbone: str | None = None  # overrides the dataset's default backbone
     description: str = ""
+    transform: TransformConfig | None = None
+    """The image transform this variant's paper uses (the fields it states). Features are
+    cached once per (dataset, backbone), so those fields must match the transform of every
+    dataset the variant runs on (a params error otherwise): declare another dataset entry
+    with that transform (as nus-wide-81 re-reads nus-wide's release) to run it both ways."""
 
     @property
     def options(self) -> dict[str, Any]:
@@ -255,6 +315,56 @@ class PathsConfig(StrictModel):
     results: str = "results"
 
 
+def parse_bytes(value: int | float | str) -> int:
+    """``80GB``, ``256GiB``, ``2TB`` or a number of bytes."""
+    if isinstance(value, int | float):
+        return int(value)
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    units |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    text = value.strip().upper().replace(" ", "")
+    num = text.rstrip("KMGTIB")
+    unit = text[len(num) :]
+    try:
+        return int(float(num) * units[unit])
+    except (KeyError, ValueError):
+        raise ValueError(
+            f"{value!r}: a size is a number of bytes or e.g. 80GB, 256GiB, 2TB"
+        ) from None
+
+
+class NodeConfig(StrictModel):
+    """One machine the stages run on (pipelines/capacity.py checks every stage against it).
+    Sizes: a number of bytes or e.g. ``80GB``, ``256GiB``, ``2TB``. Default: one H100 80 GB
+    with 256 GiB of RAM and 2 TB of disk."""
+
+    gpus: Annotated[int, Field(ge=0)] = 1
+    gpu_memory: int | str = "80GB"
+    memory: int | str = "256GiB"
+    disk: int | str = "2TB"
+
+    @field_validator("gpu_memory", "memory", "disk")
+    @classmethod
+    def _size(cls, v: int | str) -> int | str:
+        parse_bytes(v)
+        return v
+
+    @property
+    def gpu_memory_bytes(self) -> int:
+        return parse_bytes(self.gpu_memory) if self.gpus else 0
+
+    @property
+    def memory_bytes(self) -> int:
+        return parse_bytes(self.memory)
+
+    @property
+    def disk_bytes(self) -> int:
+        return parse_bytes(self.disk)
+
+
+class ClusterConfig(StrictModel):
+    node: NodeConfig = NodeConfig()
+
+
 class Params(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -269,6 +379,7 @@ class Params(StrictModel):
     agreement: dict[str, AgreementConfig] = {}
     demo_agreement: list[str] = []
     corpora: dict[str, CorpusConfig] = {}  # LLM text corpora (pipelines/text/config.py)
+    cluster: ClusterConfig = ClusterConfig()  # the node every stage must fit (capacity.py)
 
     # where relative paths resolve (the params file's folder) and the keys as written
     root: Path = Field(default=REPO_ROOT, exclude=True)
@@ -305,6 +416,10 @@ class Params(StrictModel):
             for ds, var in self.cells:
                 if ds in self.datasets and var in self.variants:
                     self._check_cell_backbone(ds, var)
+        for ds, cell in self.cells:
+            base = split_seed(cell)[0]
+            if ds in self.datasets and base in self.variants:
+                self._check_cell_transform(ds, base)
         for name, tab in self.tables.items():
             for ds in tab.datasets:
                 if ds not in self.datasets:
@@ -347,6 +462,21 @@ class Params(StrictModel):
                 f"variants.{variant}.{err} (backbone {bb!r}, model {self.backbones[bb].model}, "
                 f"dataset {dataset!r})"
             ) from None
+
+    def _check_cell_transform(self, dataset: str, variant: str) -> None:
+        wanted = self.variants[variant].transform
+        have = self.datasets[dataset].transform
+        if wanted is None:
+            return
+        declared = wanted.model_fields_set  # a paper states the mode, rarely the rest
+        if wanted.model_dump(include=declared) != have.model_dump(include=declared):
+            raise ValueError(
+                f"variants.{variant}.transform: {_describe(wanted, declared)}, but its cells on "
+                f"{dataset!r} read features made with datasets.{dataset}.transform "
+                f"({_describe(have)}): features are cached once per (dataset, backbone); "
+                f"set datasets.{dataset}.transform, or declare a dataset entry of its own "
+                f"with this transform (as nus-wide-81 re-reads nus-wide) for the variant"
+            )
 
     # ------------------------------------------------------------------ derived views
     def path(self, kind: Literal["data", "models", "features", "results"]) -> Path:
@@ -428,6 +558,10 @@ class Params(StrictModel):
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             return f"sqlite:///{self.root / uri.removeprefix('sqlite:///')}"
         return uri
+
+
+def _describe(t: TransformConfig, fields: set[str] | None = None) -> str:
+    return ", ".join(f"{k} {v}" for k, v in t.model_dump(include=fields).items() if v is not None)
 
 
 # ---------------------------------------------------------------------------- backbones

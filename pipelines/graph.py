@@ -181,7 +181,13 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 (ds, bb),
                 tuple(ups),
                 _rel(params, "features", ds, bb),
-                (f"backbones.{bb}.model", f"backbones.{bb}.weights", f"datasets.{ds}.images"),
+                (
+                    f"backbones.{bb}.model",
+                    f"backbones.{bb}.weights",
+                    f"backbones.{bb}.quick_gelu",
+                    f"datasets.{ds}.images",
+                    f"datasets.{ds}.transform",
+                ),
                 (
                     *LIBRARY_CODE,
                     "pipelines/vlp/features.py",

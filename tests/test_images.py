@@ -119,6 +119,11 @@ def test_download_stage_chunks_feed_features_and_cells(tmp_path, tiny_params_dic
     assert (
         metrics["meta"]["n_test_images"] == 9 and metrics["meta"]["counts"]["gzsl"]["images"] == 9
     )
+    # the transform that made the features (coco-zsl's default: RCNn's bilinear squash) is
+    # recorded in the cache's index and in the cell's metrics
+    made = {"mode": "squash", "size": 64, "crop_pct": 1.0, "interpolation": "bilinear"}
+    index = json.loads((tmp_path / "features/mini/rand/test/index.json").read_text())
+    assert index["transform"] == made and metrics["meta"]["image_transform"] == made
 
 
 def test_dagster_download_asset_is_partitioned_by_chunk_with_retries(tmp_path, tiny_params_dict):

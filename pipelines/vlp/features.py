@@ -86,6 +86,9 @@ def extract_features(
             "dim": int(first["global"].shape[1]) if first else 0,
             "n_patches": int(first["patches"].shape[1]) if first else 0,
             "backbone": backbone.name,
+            "transform": tf.record(backbone.image_size)
+            if (tf := getattr(source, "transform", None)) is not None
+            else None,
             "shards": shards,
             "image_ids": [str(x) for x in source.image_ids],
         }
