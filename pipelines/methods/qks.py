@@ -332,13 +332,7 @@ class QKSModule(TrainModule):
         self.tower = ImageTower(bb, trainable=cfg.unfreeze_vision) if images else None
         d = bb.embed_dim
         cfg.check_backbone(d)
-        visual = bb.model.visual
-        grid = getattr(visual, "grid_size", None)  # ViT; a CLIP ResNet has its pool's cells
-        n_patches = (
-            int(np.prod(grid))
-            if grid is not None
-            else visual.attnpool.positional_embedding.shape[0] - 1
-        )
+        n_patches = bb.n_local_tokens()  # ViT patches, CLIP-ResNet or timm CNN cells
         self.extractor = KnowledgeExtractor(
             d, n_patches, cfg.n_queries, cfg.n_layers, cfg.heads, cfg.ffn_mult, cfg.dropout
         )

@@ -115,6 +115,27 @@ class Backbone:
             tokens = tokens @ visual.proj
         return pooled, tokens
 
+    def n_local_tokens(self) -> int:
+        """How many local tokens :meth:`image_tokens` returns: a ViT's patches, a CLIP
+        ResNet's attention-pool cells, or (any other tower, e.g. the timm CNN) the cells of
+        one blank image's forward in eval mode."""
+        visual = self.model.visual
+        grid = getattr(visual, "grid_size", None)
+        if grid is not None:
+            return int(np.prod(grid))
+        if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
+            return int(visual.attnpool.positional_embedding.shape[0] - 1)
+        was_training = visual.training
+        visual.eval()
+        try:
+            with torch.no_grad():
+                dtype = next(visual.parameters()).dtype
+                blank = torch.zeros(1, 3, self.image_size, self.image_size, dtype=dtype)
+                _, tokens = self.image_tokens(blank.to(self.device))
+        finally:
+            visual.train(was_training)
+        return int(tokens.shape[1])
+
     @torch.no_grad()
     def encode_images(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled, tokens = self.image_tokens(pixels)
