@@ -172,7 +172,12 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 (ds, bb),
                 tuple(ups),
                 _rel(params, "features", ds, bb),
-                (f"backbones.{bb}.model", f"backbones.{bb}.weights", f"datasets.{ds}.images"),
+                (
+                    f"backbones.{bb}.model",
+                    f"backbones.{bb}.weights",
+                    f"datasets.{ds}.images",
+                    *_written(params, f"datasets.{ds}.features.patches"),
+                ),
                 (
                     *LIBRARY_CODE,
                     "pipelines/vlp/features.py",
@@ -236,7 +241,12 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 (ds, var),
                 tuple(ups),
                 _rel(params, "results", "cells", ds, var),
-                (*(("seed",) if seed is None else ()), f"variants.{base}", f"datasets.{ds}.eval"),
+                (
+                    *(("seed",) if seed is None else ()),
+                    f"variants.{base}",
+                    f"datasets.{ds}.eval",
+                    *_written(params, f"datasets.{ds}.features.mode"),
+                ),
                 (
                     *LIBRARY_CODE,
                     "pipelines/cells.py",
@@ -357,6 +367,12 @@ def upstream(graph: dict[str, Stage], targets: Iterable[str]) -> list[str]:
     for t in targets:
         visit(t)
     return [n for n in graph if n in need]
+
+
+def _written(params: Params, key: str) -> tuple[str, ...]:
+    """``(key,)`` when the params file spells it out, else ``()``: a key added with a
+    default leaves the fingerprints of files that do not use it unchanged."""
+    return (key,) if params.has_key(key) else ()
 
 
 # ------------------------------------------------------------------------ fingerprints
