@@ -365,3 +365,26 @@ def test_feature_mode_is_declared_per_dataset_and_per_variant():
     )
     cell = build_graph(p4)[f"cell@{ds}@{var}"]
     assert f"datasets.{ds}.features.mode" in cell.params
+
+
+def test_a_bf16_backbone_runs_the_feature_path(tmp_path):
+    """``precision: bf16`` builds bf16 weights; the extractor casts the pixels to them
+    (a float32 batch into bf16 weights is a dtype error) and stores fp16 values close to
+    the fp32 tower's."""
+    from pipelines.vlp.backbone import create_backbone
+    from pipelines.vlp.features import extract_features
+    from tests.test_train import _Images
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    torch.manual_seed(0)
+    fp32 = create_backbone("ovml-tiny-vit")
+    bf16 = create_backbone("ovml-tiny-vit", precision="bf16")
+    bf16.model.load_state_dict(
+        {k: v.to(torch.bfloat16) for k, v in fp32.model.state_dict().items()}
+    )
+    stores = {}
+    for name, bb in (("fp32", fp32), ("bf16", bf16)):
+        extract_features(bb, _Images(images), tmp_path / name, batch_size=4, progress=False)
+        stores[name] = load_features(tmp_path / name)
+    g32, g16 = stores["fp32"].global_[:].float(), stores["bf16"].global_[:].float()
+    assert (g32 * g16).sum(-1).min() > 0.99  # cosine of the unit-norm embeddings

@@ -510,6 +510,18 @@ class _ImageRows(Dataset):
         return torch.from_numpy(idx), torch.from_numpy(np.ascontiguousarray(imgs))
 
 
+def tower_dtype(backbone: Backbone) -> torch.dtype | None:
+    """The dtype the image tower takes its pixels in: that of its first convolution or
+    linear layer (the patch embedding). A backbone built with ``precision: bf16`` (or fp16)
+    has those in bf16 while open_clip keeps embeddings and norms in float32
+    (``convert_weights_to_lp``), so the first parameter does not tell."""
+    tower = getattr(backbone.model, "visual", backbone.model)
+    for m in tower.modules():
+        if isinstance(m, torch.nn.Conv2d | torch.nn.Linear):
+            return m.weight.dtype
+    return next((p.dtype for p in tower.parameters() if p.is_floating_point()), None)
+
+
 class OnlineEncoder(RowReader):
     """Rows computed by a frozen encoder from a split's images when they are asked for.
 
@@ -537,7 +549,8 @@ class OnlineEncoder(RowReader):
         bb = self.backbone
         arr = imgs.numpy() if isinstance(imgs, torch.Tensor) else imgs
         with torch.no_grad(), torch.autocast(bb.device.type, enabled=False):
-            out = self.encode(bb.uint8_to_tensor(arr))
+            pixels = bb.uint8_to_tensor(arr)
+            out = self.encode(pixels.to(tower_dtype(bb) or pixels.dtype))
         return {k: v.to(torch.float16) for k, v in out.items()}
 
     def rows(self, index: np.ndarray, parts: Sequence[Part] = PARTS) -> Rows:
