@@ -255,6 +255,7 @@ def build_features(params: Params, dataset: str, backbone: str, *, progress: boo
                 batch_size=params.backbones[backbone].batch_size,
                 progress=progress,
                 desc=f"features {dataset}/{split}",
+                patches=params.datasets[dataset].features.patches,
             )
     return out
 
@@ -304,6 +305,7 @@ def make_context(
         load_corpus=lambda kind: _load_cell_corpus(params, dataset, variant, kind),
         feature_dir=feat_dir,
         load_relations=lambda: _load_cell_relations(params, dataset, variant, ds),
+        feature_mode=params.feature_mode(dataset, variant),
     )
 
 

@@ -114,6 +114,19 @@ DEFAULT_TRANSFORMS: dict[str, dict[str, Any]] = {
 }
 
 
+class FeaturesConfig(StrictModel):
+    """How a dataset's frozen-backbone features are kept (pipelines/vlp/features.py).
+
+    ``mode``: ``cached`` (cells stream the feature cache) or ``online`` (the frozen
+    backbone runs on the images inside each cell's loop: for caches that cannot fit a
+    node); a variant's own ``features:`` overrides it. ``patches: false`` caches the global
+    embeddings only; cells that read patch tokens must then run online.
+    """
+
+    mode: Literal["cached", "online"] = "cached"
+    patches: bool = True
+
+
 class DatasetConfig(StrictModel):
     """One dataset: where it comes from, which backbone its cells use by default, eval.
 
@@ -142,6 +155,8 @@ class DatasetConfig(StrictModel):
         ):
             data = {**data, "transform": DEFAULT_TRANSFORMS[data["source"]]}
         return data
+
+    features: FeaturesConfig = FeaturesConfig()
 
     @model_validator(mode="after")
     def _one_image_source(self) -> DatasetConfig:
@@ -234,6 +249,9 @@ class VariantConfig(BaseModel):
     cached once per (dataset, backbone), so those fields must match the transform of every
     dataset the variant runs on (a params error otherwise): declare another dataset entry
     with that transform (as nus-wide-81 re-reads nus-wide's release) to run it both ways."""
+    # overrides datasets.<ds>.features.mode; left out of dumps when unset, so the
+    # fingerprints of variants that do not set it are what they were before it existed
+    features: Literal["cached", "online"] | None = Field(None, exclude_if=lambda v: v is None)
 
     @property
     def options(self) -> dict[str, Any]:
@@ -521,6 +539,12 @@ class Params(StrictModel):
     def backbone_for(self, dataset: str, variant: str) -> str:
         base, _ = split_seed(variant)
         return self.variants[base].backbone or self.datasets[dataset].backbone
+
+    def feature_mode(self, dataset: str, variant: str) -> Literal["cached", "online"]:
+        """Whether a cell streams the feature cache or runs the backbone online: the
+        variant's ``features:``, else the dataset's ``features.mode``."""
+        own = self.variants[split_seed(variant)[0]].features
+        return own or self.datasets[dataset].features.mode
 
     def seed_for(self, variant: str) -> int:
         """The training seed of a cell: its ``@s<seed>`` suffix, else the top-level seed."""

@@ -187,6 +187,7 @@ def build_graph(params: Params) -> dict[str, Stage]:
                     f"backbones.{bb}.quick_gelu",
                     f"datasets.{ds}.images",
                     f"datasets.{ds}.transform",
+                    *_written(params, f"datasets.{ds}.features.patches"),
                 ),
                 (
                     *LIBRARY_CODE,
@@ -253,7 +254,12 @@ def build_graph(params: Params) -> dict[str, Stage]:
                 (ds, var),
                 tuple(ups),
                 _rel(params, "results", "cells", ds, var),
-                (*(("seed",) if seed is None else ()), f"variants.{base}", f"datasets.{ds}.eval"),
+                (
+                    *(("seed",) if seed is None else ()),
+                    f"variants.{base}",
+                    f"datasets.{ds}.eval",
+                    *_written(params, f"datasets.{ds}.features.mode"),
+                ),
                 (
                     *LIBRARY_CODE,
                     "pipelines/cells.py",
@@ -375,6 +381,12 @@ def upstream(graph: dict[str, Stage], targets: Iterable[str]) -> list[str]:
     for t in targets:
         visit(t)
     return [n for n in graph if n in need]
+
+
+def _written(params: Params, key: str) -> tuple[str, ...]:
+    """``(key,)`` when the params file spells it out, else ``()``: a key added with a
+    default leaves the fingerprints of files that do not use it unchanged."""
+    return (key,) if params.has_key(key) else ()
 
 
 # ------------------------------------------------------------------------ fingerprints

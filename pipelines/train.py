@@ -50,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
 from pipelines.io import world_size
+from pipelines.vlp.features import PARTS
 
 if TYPE_CHECKING:
     from pipelines.methods.base import CellContext
@@ -85,7 +86,7 @@ class TrainConfig(BaseModel):
         "auto"  # auto: bf16 (else fp16) on CUDA, off on CPU
     )
     grad_clip: Annotated[float, Field(gt=0)] | None = None  # max global grad norm
-    num_workers: Annotated[int, Field(ge=0)] = 0  # image loading workers (images mode)
+    num_workers: Annotated[int, Field(ge=0)] = 0  # DataLoader workers (images, feature shards)
     threads: Annotated[int, Field(ge=0)] = (
         0  # torch CPU threads while training / predicting; 0 = as set
     )
@@ -138,6 +139,9 @@ class TrainModule(nn.Module, ABC):
     """
 
     input_mode: InputMode = "features"
+    # features mode: which cached tensors the batches carry ("global" -> Batch.global_,
+    # "patches" -> Batch.patches); a module that needs one only reads one
+    feature_parts: tuple[str, ...] = ("global", "patches")
 
     @abstractmethod
     def forward(self, batch: Batch, *, seen_only: bool = True) -> Any: ...
@@ -196,12 +200,13 @@ class _VisualOnly:
 
 
 def features_or_tower(batch: Batch, tower: ImageTower | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(global (B, D), patches (B, P, D)) from the cache, or from ``tower`` in images mode."""
+    """(global (B, D), patches (B, P, D)) from the cache, or from ``tower`` in images mode.
+    In features mode a part the module does not list in ``feature_parts`` is None."""
     if batch.pixels is not None:
         if tower is None:
             raise ValueError("images-mode batch but the module has no image tower")
         return tower(batch.pixels)
-    if batch.global_ is None or batch.patches is None:
+    if batch.global_ is None and batch.patches is None:
         raise ValueError("features-mode batch without features")
     return batch.global_, batch.patches
 
@@ -333,10 +338,11 @@ class _Source:
 
     mode: InputMode
     device: torch.device
-    features: Any = None  # pipelines.vlp.features.Features
+    features: Any = None  # a pipelines.vlp.features RowReader (cached store, online, memory)
     images: Any = None  # ImageSource
     backbone: Any = None  # Backbone (pixel preprocessing)
     num_workers: int = 0
+    parts: tuple[str, ...] = ("global", "patches")  # what the module reads (features mode)
 
     def batches(
         self, batch_indices: list[list[int]], *, progress: bool = False, desc: str = ""
@@ -345,17 +351,21 @@ class _Source:
             total=len(batch_indices), desc=desc, disable=not progress, leave=False, unit="batch"
         )
         try:
-            if self.mode == "features":
-                for idx in batch_indices:
-                    t = torch.as_tensor(idx, dtype=torch.long)
+            if self.mode == "features":  # streamed from the shards by a DataLoader
+                for index, rows in self.features.batches(
+                    batch_indices,
+                    parts=self.parts,
+                    num_workers=self.num_workers,
+                    pin_memory=self.device.type == "cuda",
+                ):
                     yield Batch(
-                        index=t,
-                        global_=self.features.global_[t].to(
-                            self.device, torch.float32, non_blocking=True
-                        ),
-                        patches=self.features.patches[t].to(
-                            self.device, torch.float32, non_blocking=True
-                        ),
+                        index=index,
+                        **{
+                            ("global_" if part == "global" else part): t.to(
+                                self.device, torch.float32, non_blocking=True
+                            )
+                            for part, t in rows.items()
+                        },
                     )
                     bar.update(1)
                 return
@@ -505,9 +515,15 @@ class Trainer:
             return torch.bfloat16
         return torch.float16
 
-    def source(self, split: str, mode: InputMode) -> _Source:
+    def source(self, split: str, mode: InputMode, parts: tuple[str, ...] = PARTS) -> _Source:
         if mode == "features":
-            return _Source("features", self.device, features=self.ctx.features(split))
+            return _Source(
+                "features",
+                self.device,
+                features=self.ctx.features(split),
+                num_workers=self.cfg.num_workers,
+                parts=parts,
+            )
         return _Source(
             "images",
             self.device,
@@ -594,7 +610,7 @@ class Trainer:
         module.to(self.device)
         train_idx, val_idx = self.split_train_val()
         targets = ctx.train_labels  # dense (N, C) or SparseLabels; made dense per batch
-        source = self.source("train", mode)
+        source = self.source("train", mode, module.feature_parts)
         opt = self.make_optimizer(module)
         sched = self.make_scheduler(opt)
         amp = self.amp_dtype()
@@ -616,7 +632,7 @@ class Trainer:
         )
         per_rank = max(1, cfg.batch_size // info.world)
 
-        self.fingerprint["data"] = self._data_digest(mode)
+        self.fingerprint["data"] = self._data_digest(mode, module.feature_parts)
         start, history = self._resume(module, opt, sched, scaler)
         for past in history:  # the new run (e.g. a new MLflow run) gets the whole curve
             if info.main:
@@ -672,10 +688,11 @@ class Trainer:
             info.world,
         )
 
-    def _data_digest(self, mode: InputMode) -> str:
-        """Labels, label names and every frozen input (the cached features, and the whole
-        backbone's weights, image and text towers both): a checkpoint trained on another
-        backbone, weights file or dataset is never resumed."""
+    def _data_digest(self, mode: InputMode, parts: tuple[str, ...] = PARTS) -> str:
+        """Labels, label names and every frozen input (the cached features the module
+        reads, streamed shard by shard, and the whole backbone's weights, image and text
+        towers both): a checkpoint trained on another backbone, weights file or dataset
+        is never resumed."""
         h = hashlib.sha256()
         labels = self.ctx.train_labels
         if isinstance(labels, np.ndarray):
@@ -684,9 +701,7 @@ class Trainer:
             labels.digest_update(h)
         h.update("\n".join(self.ctx.label_space.names()).encode())
         if mode == "features":
-            feats = self.ctx.features("train")
-            h.update(feats.global_.contiguous().numpy().tobytes())
-            h.update(feats.patches.contiguous().numpy().tobytes())
+            self.ctx.features("train").digest_update(h, parts)
         for name, t in sorted(self.ctx.backbone.model.state_dict().items()):
             h.update(name.encode() + t.detach().float().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
@@ -751,7 +766,7 @@ class Trainer:
         mode = mode or self.input_mode(module)
         was_training = module.training
         module.to(self.device).eval()
-        source = self.source(split, mode)
+        source = self.source(split, mode, module.feature_parts)
         n = (
             len(self.ctx.test_labels if split == "test" else self.ctx.train_labels)
             if indices is None

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from pipelines.data.images import ImageSource
 from pipelines.data.prepared import LabelSpace
 from pipelines.vlp.backbone import Backbone
-from pipelines.vlp.features import Features
+from pipelines.vlp.features import FeatureMode, OnlineFeatures, RowReader
 from pipelines.vlp.prompts import PromptKind, label_embeddings
 
 
@@ -65,13 +65,16 @@ class CellContext:
     seed: int
     workdir: Path
     load_backbone: Callable[[], Backbone]
-    load_features: Callable[[str], Features]
+    load_features: Callable[[str], RowReader]  # split -> the cached store (streamed)
     open_images: Callable[[str], ImageSource]
     log_metrics: Callable[[dict[str, float], int], None] = lambda metrics, step: None
     progress: bool = True
     load_corpus: Callable[[str], Any] | None = None  # kind -> polars DataFrame (pipelines/text)
     feature_dir: Path | None = None  # the plain feature cache <features>/<dataset>/<backbone>/
     load_relations: Callable[[], Any] | None = None  # the cell's relation-graph stage (C2SRT)
+    # cached: features(split) streams the feature cache; online: the frozen backbone runs
+    # on the split's images as rows are read (params ``features: online``)
+    feature_mode: FeatureMode = "cached"
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # ------------------------------------------------------------------ lazy views
@@ -81,10 +84,15 @@ class CellContext:
             self._cache["backbone"] = self.load_backbone()
         return self._cache["backbone"]
 
-    def features(self, split: str) -> Features:
+    def features(self, split: str) -> RowReader:
+        """The split's frozen-backbone features: ``.global_`` (N, D) and ``.patches``
+        (N, P, D) read row by row when indexed, never loaded whole (pipelines/vlp/features.py)."""
         key = f"features:{split}"
         if key not in self._cache:
-            self._cache[key] = self.load_features(split)
+            if self.feature_mode == "online":
+                self._cache[key] = OnlineFeatures(self.backbone, self.open_images(split))
+            else:
+                self._cache[key] = self.load_features(split)
         return self._cache[key]
 
     def label_embeddings(self, prompts: PromptKind = "pool") -> torch.Tensor:

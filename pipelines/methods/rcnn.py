@@ -297,6 +297,8 @@ class RCNn(Method):
         src = ctx.open_images(split)
         if hasattr(src, "available"):  # downloaded shards: as the plain feature cache
             src = src.subset(src.available())
+        if ctx.feature_mode == "online":  # no dense cache: the tower runs when rows are read
+            return cc.OnlineDense(ctx.backbone, src, grids), "online"
         built = False
         if not cc.cache_is_valid(out, source, grids, [str(x) for x in src.image_ids]):
             cc.extract_dense(
@@ -310,7 +312,7 @@ class RCNn(Method):
                 desc=f"{cc.tower_name(grids)} {ctx.dataset}/{split}",
             )
             built = True
-        return cc.load_dense(out), built
+        return cc.load_dense(out), "built" if built else "reused"
 
     # --------------------------------------------------------------------- fit
     def _training_texts(self, ctx: CellContext) -> tuple[list[str], list[int], dict[str, Any]]:
@@ -372,10 +374,10 @@ class RCNn(Method):
         summary: dict[str, Any] = {"feature_cache": {}}
         t0 = time.time()
         for grids in [(), *([tuple(cfg.snippet_grids)] if cfg.mssa else [])]:
-            _, built = self._dense(ctx, "test", grids)
+            _, how = self._dense(ctx, "test", grids)
             from pipelines.vlp.clearclip import tower_name
 
-            summary["feature_cache"][tower_name(grids)] = "built" if built else "reused"
+            summary["feature_cache"][tower_name(grids)] = how
         summary["seconds_features"] = round(time.time() - t0, 2)
         bb = ctx.backbone
         names = ctx.label_space.names()

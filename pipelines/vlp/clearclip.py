@@ -33,6 +33,10 @@ Cache layout: ``<features>/<dataset>/<backbone>@<tower>/<split>/`` (``tower`` =
     index.json                 n, dim, grid_hw, grids, source, code, shards, image_ids
     shard-00000.safetensors    global (n, D) | (n, K, D), local (n, N, D) | (n, K, N, D), fp16
 
+Reading streams it (:class:`DenseStore`, memory-mapped shards read row by row, as the
+plain feature cache); :class:`OnlineDense` computes the same columns from the images
+when read, for caches that cannot fit a node (RCNn with ``features: online``).
+
 ``source`` is the fingerprint of the plain feature cache's stage record (so a retrained
 backbone invalidates it) and ``code`` a digest of this file: a cache whose either differs is
 rebuilt; otherwise it is reused and no image is encoded again.
@@ -42,19 +46,18 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from pipelines.data.images import ImageSource, batches
 from pipelines.io import atomic_path, read_json, write_json
 from pipelines.vlp.backbone import Backbone, resnet_tokens, timm_cnn_tokens
+from pipelines.vlp.features import FeatureColumn, OnlineEncoder, ShardedStore
 
 SHARD_SIZE = 2048
 CODE_DIGEST = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
@@ -138,19 +141,74 @@ def snippets(pixels: torch.Tensor, grid: int) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------- cache
-@dataclass
-class DenseFeatures:
-    """One split's ClearCLIP features (fp16). Whole image: global (N, D), local (N, P, D).
-    Snippets: global (N, K, D), local (N, K, P, D), K = sum of g^2 over ``grids``."""
+def dense_tokens(
+    backbone: Backbone, pixels: torch.Tensor, grids: tuple[int, ...] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whole image: (global (B, D), local (B, N, D)); snippets of ``grids``: (global
+    (B, K, D), local (B, K, N, D)), K = sum of g^2: what a cache shard stores."""
+    if not grids:
+        return clearclip_tokens(backbone, pixels)
+    crops = torch.cat([snippets(pixels, g) for g in grids], 1)
+    b, k = crops.shape[:2]
+    g, loc = clearclip_tokens(backbone, crops.flatten(0, 1))
+    return g.reshape(b, k, -1), loc.reshape(b, k, *loc.shape[1:])
 
-    global_: torch.Tensor
-    local: torch.Tensor
-    image_ids: np.ndarray
-    grid_hw: tuple[int, int]
-    grids: tuple[int, ...] = ()
 
-    def __len__(self) -> int:
-        return int(self.global_.shape[0])
+def _grid_hw(n_tokens: int) -> tuple[int, int]:
+    side = int(math.isqrt(n_tokens))
+    return side, n_tokens // side
+
+
+class DenseStore(ShardedStore):
+    """One split's ClearCLIP cache, streamed (pipelines/vlp/features.py): ``global_``
+    (N, D) | (N, K, D) and ``local`` (N, P, D) | (N, K, P, D) columns, fp16."""
+
+    kind = "ClearCLIP feature cache"
+
+    def __init__(self, split_dir: Path, **kw):
+        super().__init__(split_dir, ("global", "local"), **kw)
+        if not self.n:
+            raise ValueError(f"{self.split_dir}: the ClearCLIP cache holds no images")
+        self.grid_hw = tuple(int(x) for x in self.info["grid_hw"])
+        self.grids = tuple(int(g) for g in self.info.get("grids", []))
+
+    def _rebuild(self) -> str:
+        return "RCNn rebuilds it when its cell runs again (delete the folder)"
+
+    @property
+    def global_(self) -> FeatureColumn:
+        return self.column("global")
+
+    @property
+    def local(self) -> FeatureColumn:
+        return self.column("local")
+
+
+class OnlineDense(OnlineEncoder):
+    """The same columns as :class:`DenseStore`, computed from the split's images by the
+    frozen backbone when read (RCNn's online mode: no dense cache on disk)."""
+
+    parts_present = ("global", "local")
+
+    def __init__(self, backbone: Backbone, source: ImageSource, grids: tuple[int, ...] = ()):
+        super().__init__(backbone, source)
+        self.grids = tuple(grids)
+
+    def encode(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+        g, loc = dense_tokens(self.backbone, pixels, self.grids)
+        return {"global": g, "local": loc}
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return _grid_hw(self.row_shape("local")[-2])
+
+    @property
+    def global_(self) -> FeatureColumn:
+        return self.column("global")
+
+    @property
+    def local(self) -> FeatureColumn:
+        return self.column("local")
 
 
 def tower_name(grids: tuple[int, ...] = ()) -> str:
@@ -190,16 +248,8 @@ def extract_dense(
         bar = tqdm(total=len(source), desc=desc, disable=not progress, unit="img")
         with torch.no_grad():
             for _, imgs in batches(source, batch_size, backbone.image_size):
-                pixels = backbone.uint8_to_tensor(imgs)
-                if grids:
-                    crops = torch.cat([snippets(pixels, g) for g in grids], 1)
-                    b, k = crops.shape[:2]
-                    g, loc = clearclip_tokens(backbone, crops.flatten(0, 1))
-                    g, loc = g.reshape(b, k, -1), loc.reshape(b, k, *loc.shape[1:])
-                else:
-                    g, loc = clearclip_tokens(backbone, pixels)
-                side = int(math.isqrt(loc.shape[-2]))
-                grid_hw = (side, loc.shape[-2] // side)
+                g, loc = dense_tokens(backbone, backbone.uint8_to_tensor(imgs), grids)
+                grid_hw = _grid_hw(loc.shape[-2])
                 buf_g.append(g.to("cpu", torch.float16))
                 buf_l.append(loc.to("cpu", torch.float16))
                 bar.update(len(imgs))
@@ -244,22 +294,6 @@ def cache_is_valid(
     )
 
 
-def load_dense(split_dir: Path) -> DenseFeatures:
-    split_dir = Path(split_dir)
-    if not (split_dir / "index.json").exists():
-        raise FileNotFoundError(f"{split_dir}: no ClearCLIP feature cache (index.json missing)")
-    info = read_json(split_dir / "index.json")
-    gs, ls = [], []
-    for shard in info["shards"]:
-        t = load_file(str(split_dir / shard["file"]))
-        gs.append(t["global"])
-        ls.append(t["local"])
-    if not gs:
-        raise ValueError(f"{split_dir}: the ClearCLIP cache holds no images")
-    return DenseFeatures(
-        torch.cat(gs),
-        torch.cat(ls),
-        np.asarray(info["image_ids"]),
-        (int(info["grid_hw"][0]), int(info["grid_hw"][1])),
-        tuple(int(g) for g in info.get("grids", [])),
-    )
+def load_dense(split_dir: Path) -> DenseStore:
+    """Open one split's ClearCLIP cache for streaming (reads headers only)."""
+    return DenseStore(Path(split_dir))
