@@ -8,6 +8,7 @@ ovml ui                     Dagster + MLflow UIs on localhost
 ovml list                   datasets, variants, tables and which stages are fresh (or why not)
 ovml verify                 check every stage's outputs on disk against its record
 ovml dvc-yaml [--check]     write (or check) dvc.yaml from params.yaml
+ovml dvc-commit             record every fresh stage in dvc.lock (before `dvc repro`)
 ovml stage KIND KEY...      run exactly one stage (what dvc.yaml calls)
 """
 
@@ -91,6 +92,9 @@ def _run(
     def stale(name: str, reason: str) -> None:
         console.print(f"[dim]  {name} is stale: {reason}[/dim]", highlight=False)
 
+    def dvc_lock(result) -> None:
+        _print_dvc_lock(result)
+
     t0 = time.time()
     try:
         ran = run_stages(
@@ -101,12 +105,21 @@ def _run(
             force_only=force_only,
             on_event=event,
             on_stale=stale,
+            on_dvc_lock=dvc_lock,
         )
     except (ConfigError, OSError, ValueError, KeyError, RuntimeError) as err:
         console.print(f"[red]error:[/red] {redact(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"[green]done[/green] in {time.time() - t0:.1f}s: {len(ran)} stage(s) ran")
     return ran
+
+
+def _print_dvc_lock(result) -> None:
+    """One line on what :func:`pipelines.dvc_lock.sync_dvc_lock` did (nothing outside DVC)."""
+    if result.warning:
+        console.print(f"[yellow]warning:[/yellow] {result.warning}", highlight=False)
+    elif result.committed:
+        console.print(f"[dim]dvc.lock: committed {len(result.committed)} stage(s)[/dim]")
 
 
 def _print_table(params: Params, name: str) -> None:
@@ -387,6 +400,28 @@ def stage(
             stack.enter_context(stage_view("dagster", dagster_run_id))
         run_stage(p, graph[name])
         write_stamp(p, graph, name, inputs=inputs)
+    if not dagster_run_id:  # Dagster commits after its step; dvc repro writes its own lock
+        from pipelines.dvc_lock import sync_dvc_lock
+
+        _print_dvc_lock(sync_dvc_lock(p, [name]))
+
+
+@app.command("dvc-commit")
+def dvc_commit(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Bring dvc.lock in step with the stage records: `dvc commit` every stage that is
+    fresh by its record, so `dvc repro` reruns only what is stale (and deletes nothing
+    fresh). `make dvc-repro` runs it first."""
+    from pipelines.dvc_lock import sync_all_fresh
+
+    p = _params(params)
+    result = sync_all_fresh(p)
+    if result.warning:
+        console.print(f"[red]error:[/red] {result.warning}", highlight=False)
+        raise typer.Exit(1)
+    if result.skipped:
+        console.print(f"nothing committed: {result.skipped}")
+        return
+    console.print(f"dvc.lock: committed {len(result.committed)} fresh stage(s)")
 
 
 @app.command()
