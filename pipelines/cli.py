@@ -327,25 +327,46 @@ def table(
 
 @app.command("list")
 def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
-    """Datasets, variants, tables, and whether each stage is up to date (and if not, why)."""
-    from pipelines.graph import build_graph, stage_status
+    """Datasets, variants, tables, and whether each stage is up to date (and if not, why).
+    What the demo builds comes first; stages never run are their own state."""
+    from pipelines.graph import STAMP, build_graph, stage_status, upstream
 
     p = _params(params)
     graph = build_graph(p)
+    demo = set(upstream(graph, _demo_targets(p)))
+    states: dict[str, tuple[str, str]] = {}
+    for name, st in graph.items():
+        fresh, reason = stage_status(p, graph, name)
+        never = not fresh and not (p.root / st.out / STAMP).exists()
+        states[name] = ("fresh" if fresh else "never run" if never else "stale", reason)
+    order = sorted(  # the demo's stages first, then what has run, then the rest; in run order
+        graph, key=lambda n: (n not in demo, states[n][0] == "never run")
+    )
+    styles = {"fresh": "green", "stale": "yellow", "never run": "dim"}
     tab = Table(title="stages")
     tab.add_column("stage")
     tab.add_column("state")
     tab.add_column("output")
-    stale = []
-    for name, st in graph.items():
-        fresh, reason = stage_status(p, graph, name)
-        tab.add_row(name, "[green]fresh[/green]" if fresh else "[yellow]stale[/yellow]", st.out)
-        if not fresh:
-            stale.append((name, reason))
+    for name in order:
+        state = states[name][0]
+        tab.add_row(name, f"[{styles[state]}]{state}[/{styles[state]}]", graph[name].out)
     out.print(tab)
-    for name, reason in stale:  # one line each: a table column would truncate the reason
-        out.print(f"[yellow]stale[/yellow] {name}: {reason}", highlight=False, soft_wrap=True)
+    for name in order:  # one line each: a table column would truncate the reason
+        if states[name][0] == "stale":
+            out.print(
+                f"[yellow]stale[/yellow] {name}: {states[name][1]}", highlight=False, soft_wrap=True
+            )
+    counts = {k: sum(s == k for s, _ in states.values()) for k in styles}
+    out.print(", ".join(f"{n} {k}" for k, n in counts.items()), highlight=False)
     out.print("variants: " + ", ".join(f"{v} ({c.method})" for v, c in p.variants.items()))
+
+
+def _demo_targets(p: Params) -> list[str]:
+    """What ``ovml demo`` computes: its tables and agreement sets."""
+    return [
+        *(f"table@{t}" for t in p.demo_tables),
+        *(f"agreement@{a}" for a in p.demo_agreement),
+    ]
 
 
 @app.command()
