@@ -357,7 +357,7 @@ def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
                 f"[yellow]stale[/yellow] {name}: {states[name][1]}", highlight=False, soft_wrap=True
             )
     counts = {k: sum(s == k for s, _ in states.values()) for k in styles}
-    out.print(", ".join(f"{n} {k}" for k, n in counts.items()), highlight=False)
+    out.print(", ".join(f"{n} {k}" for k, n in counts.items() if n), highlight=False)
     out.print("variants: " + ", ".join(f"{v} ({c.method})" for v, c in p.variants.items()))
 
 
