@@ -50,6 +50,7 @@ dvc-yaml: setup
 
 dvc-repro: setup dvc-tool
 	@test -d .dvc || $(DVC) init --quiet
+	OVML_DVC=$(DVC) $(VENV)/bin/ovml dvc-commit
 	$(DVC) repro
 
 ui: setup

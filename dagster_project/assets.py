@@ -28,6 +28,7 @@ from dagster_project.partitions import cell_partitions
 from dagster_project.records import asset_key, code_version, dagster_ui_url, to_dagster_metadata
 from dagster_project.resources import Compute, MlflowTracking, OvmlParams
 from pipelines.config import Params
+from pipelines.dvc_lock import sync_dvc_lock
 from pipelines.graph import Stage, build_graph, is_fresh, outputs_digest, stage_inputs, write_stamp
 from pipelines.records import load_record
 
@@ -130,6 +131,9 @@ def _materialize(
         if stage.kind == "cell":
             params.check_variant(stage.key[1])  # a bad option fails here, naming the key
         run_stage_in_child(context, ovml.params_path, params, stage)
+    lock = sync_dvc_lock(params, [stage_name])  # so that `dvc repro` finds it fresh
+    if lock.warning:
+        context.log.warning(lock.warning)
     record = load_record(params.root, stage.out) or {}
     meta = to_dagster_metadata(record.get("metadata") or {}, record)
     meta["reused"] = reused

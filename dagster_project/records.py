@@ -18,6 +18,7 @@ asset (partition) has the same ``finished_at``.
 from __future__ import annotations
 
 import base64
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,13 @@ def _table(entry: dict[str, Any]) -> dg.TableMetadataValue:
     )
 
 
+def round_sig(value: float, digits: int = 4) -> float:
+    """``value`` to ``digits`` significant digits (3.9604666666666666 -> 3.96), for display."""
+    if not math.isfinite(value) or value == 0:
+        return value
+    return float(f"{value:.{digits}g}")
+
+
 def to_dagster_metadata(meta: dict[str, Any], record: dict[str, Any] | None = None) -> dict:
     """A stage record's JSON metadata as Dagster metadata values (links, tables, plots)."""
     out: dict[str, Any] = {}
@@ -95,7 +103,9 @@ def to_dagster_metadata(meta: dict[str, Any], record: dict[str, Any] | None = No
             elif kind == "image" and Path(value["value"]).is_file():
                 out[key] = dg.MetadataValue.md(_png_markdown(Path(value["value"])))
             continue
-        if isinstance(value, bool | int | float | str):
+        if isinstance(value, float):
+            out[key] = round_sig(value)
+        elif isinstance(value, bool | int | str):
             out[key] = value
     if meta.get("mlflow_run_id") and meta.get("mlflow_experiment_id"):
         out["mlflow_run"] = dg.MetadataValue.url(
@@ -209,8 +219,36 @@ def reconcile(instance: dg.DagsterInstance, params: Params) -> list[str]:
         record = load_record(params.root, graph[name].out)
         if record is None:
             continue
-        instance.report_runless_asset_event(
-            materialization(params, graph, graph[name], record, instance)
+        report_at(
+            instance,
+            materialization(params, graph, graph[name], record, instance),
+            record.get("finished_at"),
         )
         reported.append(name)
     return reported
+
+
+def report_at(
+    instance: dg.DagsterInstance, mat: dg.AssetMaterialization, finished_at: str | None
+) -> None:
+    """Report ``mat`` as a runless event stamped with the stage's own ``finished_at``
+    (what ``report_runless_asset_event`` does, but at the time the stage ran, not now)."""
+    from datetime import datetime
+
+    from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+    from dagster._core.instance.utils import RUNLESS_JOB_NAME, RUNLESS_RUN_ID
+
+    try:
+        timestamp = datetime.fromisoformat(str(finished_at)).timestamp()
+    except ValueError:
+        instance.report_runless_asset_event(mat)  # no usable time: now
+        return
+    instance.report_dagster_event(
+        DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+            event_specific_data=StepMaterializationData(mat),
+            job_name=RUNLESS_JOB_NAME,
+        ),
+        run_id=RUNLESS_RUN_ID,
+        timestamp=timestamp,
+    )

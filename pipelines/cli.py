@@ -8,6 +8,7 @@ ovml ui                     Dagster + MLflow UIs on localhost
 ovml list                   datasets, variants, tables and which stages are fresh (or why not)
 ovml verify                 check every stage's outputs on disk against its record
 ovml dvc-yaml [--check]     write (or check) dvc.yaml from params.yaml
+ovml dvc-commit             record every fresh stage in dvc.lock (before `dvc repro`)
 ovml stage KIND KEY...      run exactly one stage (what dvc.yaml calls)
 """
 
@@ -91,6 +92,9 @@ def _run(
     def stale(name: str, reason: str) -> None:
         console.print(f"[dim]  {name} is stale: {reason}[/dim]", highlight=False)
 
+    def dvc_lock(result) -> None:
+        _print_dvc_lock(result)
+
     t0 = time.time()
     try:
         ran = run_stages(
@@ -101,12 +105,21 @@ def _run(
             force_only=force_only,
             on_event=event,
             on_stale=stale,
+            on_dvc_lock=dvc_lock,
         )
     except (ConfigError, OSError, ValueError, KeyError, RuntimeError) as err:
         console.print(f"[red]error:[/red] {redact(str(err))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"[green]done[/green] in {time.time() - t0:.1f}s: {len(ran)} stage(s) ran")
     return ran
+
+
+def _print_dvc_lock(result) -> None:
+    """One line on what :func:`pipelines.dvc_lock.sync_dvc_lock` did (nothing outside DVC)."""
+    if result.warning:
+        console.print(f"[yellow]warning:[/yellow] {result.warning}", highlight=False)
+    elif result.committed:
+        console.print(f"[dim]dvc.lock: committed {len(result.committed)} stage(s)[/dim]")
 
 
 def _print_table(params: Params, name: str) -> None:
@@ -314,25 +327,46 @@ def table(
 
 @app.command("list")
 def list_(params: ParamsOpt = DEFAULT_PARAMS) -> None:
-    """Datasets, variants, tables, and whether each stage is up to date (and if not, why)."""
-    from pipelines.graph import build_graph, stage_status
+    """Datasets, variants, tables, and whether each stage is up to date (and if not, why).
+    What the demo builds comes first; stages never run are their own state."""
+    from pipelines.graph import STAMP, build_graph, stage_status, upstream
 
     p = _params(params)
     graph = build_graph(p)
+    demo = set(upstream(graph, _demo_targets(p)))
+    states: dict[str, tuple[str, str]] = {}
+    for name, st in graph.items():
+        fresh, reason = stage_status(p, graph, name)
+        never = not fresh and not (p.root / st.out / STAMP).exists()
+        states[name] = ("fresh" if fresh else "never run" if never else "stale", reason)
+    order = sorted(  # the demo's stages first, then what has run, then the rest; in run order
+        graph, key=lambda n: (n not in demo, states[n][0] == "never run")
+    )
+    styles = {"fresh": "green", "stale": "yellow", "never run": "dim"}
     tab = Table(title="stages")
     tab.add_column("stage")
     tab.add_column("state")
     tab.add_column("output")
-    stale = []
-    for name, st in graph.items():
-        fresh, reason = stage_status(p, graph, name)
-        tab.add_row(name, "[green]fresh[/green]" if fresh else "[yellow]stale[/yellow]", st.out)
-        if not fresh:
-            stale.append((name, reason))
+    for name in order:
+        state = states[name][0]
+        tab.add_row(name, f"[{styles[state]}]{state}[/{styles[state]}]", graph[name].out)
     out.print(tab)
-    for name, reason in stale:  # one line each: a table column would truncate the reason
-        out.print(f"[yellow]stale[/yellow] {name}: {reason}", highlight=False, soft_wrap=True)
+    for name in order:  # one line each: a table column would truncate the reason
+        if states[name][0] == "stale":
+            out.print(
+                f"[yellow]stale[/yellow] {name}: {states[name][1]}", highlight=False, soft_wrap=True
+            )
+    counts = {k: sum(s == k for s, _ in states.values()) for k in styles}
+    out.print(", ".join(f"{n} {k}" for k, n in counts.items() if n), highlight=False)
     out.print("variants: " + ", ".join(f"{v} ({c.method})" for v, c in p.variants.items()))
+
+
+def _demo_targets(p: Params) -> list[str]:
+    """What ``ovml demo`` computes: its tables and agreement sets."""
+    return [
+        *(f"table@{t}" for t in p.demo_tables),
+        *(f"agreement@{a}" for a in p.demo_agreement),
+    ]
 
 
 @app.command()
@@ -392,6 +426,28 @@ def stage(
             console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         write_stamp(p, graph, name, inputs=inputs)
+    if not dagster_run_id:  # Dagster commits after its step; dvc repro writes its own lock
+        from pipelines.dvc_lock import sync_dvc_lock
+
+        _print_dvc_lock(sync_dvc_lock(p, [name]))
+
+
+@app.command("dvc-commit")
+def dvc_commit(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Bring dvc.lock in step with the stage records: `dvc commit` every stage that is
+    fresh by its record, so `dvc repro` reruns only what is stale (and deletes nothing
+    fresh). `make dvc-repro` runs it first."""
+    from pipelines.dvc_lock import sync_all_fresh
+
+    p = _params(params)
+    result = sync_all_fresh(p)
+    if result.warning:
+        console.print(f"[red]error:[/red] {result.warning}", highlight=False)
+        raise typer.Exit(1)
+    if result.skipped:
+        console.print(f"nothing committed: {result.skipped}")
+        return
+    console.print(f"dvc.lock: committed {len(result.committed)} fresh stage(s)")
 
 
 @app.command()

@@ -644,29 +644,54 @@ def run_stages(
     on_event: Callable[[str, str], None] = lambda name, what: None,
     force_only: Iterable[str] = (),
     on_stale: Callable[[str, str], None] = lambda name, reason: None,
+    on_dvc_lock: Callable[[Any], None] | None = None,
 ) -> list[str]:
     """Run targets and their upstream stages in order, skipping fresh ones. Returns ran stages.
 
     ``force`` reruns every stage; ``force_only`` reruns just the stages it names (their
     dependants rerun when its outputs changed, as for any stage that ran: a stage is
     checked after its upstream stages have run and recorded their outputs).
-    ``on_stale(name, reason)`` says why a stage that was not forced runs."""
+    ``on_stale(name, reason)`` says why a stage that was not forced runs.
+
+    In a DVC workspace, every stage that ran or was reused is then committed to
+    ``dvc.lock`` (also when a later stage failed), so that ``dvc repro`` finds it up to
+    date (:func:`pipelines.dvc_lock.sync_dvc_lock`; ``on_dvc_lock`` gets its result)."""
     graph = build_graph(params)
     forced = set(force_only)
     ran: list[str] = []
-    for name in upstream(graph, targets):
-        if not (force or name in forced):
-            fresh, reason = stage_status(params, graph, name)
-            if fresh:
-                on_event(name, "fresh")
-                continue
-            on_stale(name, reason)
-        on_event(name, "run")
-        inputs = stage_inputs(params, graph, name)
-        runner(params, graph[name])
-        write_stamp(params, graph, name, inputs=inputs)
-        ran.append(name)
+    done: list[str] = []
+    try:
+        for name in upstream(graph, targets):
+            if not (force or name in forced):
+                fresh, reason = stage_status(params, graph, name)
+                if fresh:
+                    on_event(name, "fresh")
+                    done.append(name)
+                    continue
+                on_stale(name, reason)
+            on_event(name, "run")
+            inputs = stage_inputs(params, graph, name)
+            runner(params, graph[name])
+            write_stamp(params, graph, name, inputs=inputs)
+            ran.append(name)
+            done.append(name)
+    finally:
+        _sync_dvc_lock(params, done, on_dvc_lock)
     return ran
+
+
+def _sync_dvc_lock(
+    params: Params, names: list[str], report: Callable[[Any], None] | None = None
+) -> None:
+    import logging
+
+    from pipelines.dvc_lock import sync_dvc_lock
+
+    result = sync_dvc_lock(params, names)
+    if report is not None:
+        report(result)
+    elif result.warning:
+        logging.getLogger(__name__).warning(result.warning)
 
 
 # -------------------------------------------------------------------------------- dvc

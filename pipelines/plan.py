@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import GENERATED_SOURCES, Params
+from pipelines.config import GENERATED_SOURCES, Params, split_seed
 from pipelines.graph import Stage, build_graph, is_fresh
 
 # option keys of a variant whose value is a file the method reads
@@ -101,7 +101,9 @@ def images_needs(params: Params, dataset: str) -> tuple[list[str], list[str]]:
 
 def variant_needs(params: Params, variant: str) -> tuple[list[str], list[str]]:
     """Files and API keys a variant's options name (e.g. ``word_vectors: glove.txt``,
-    ``api_key_env: OPENAI_API_KEY``)."""
+    ``api_key_env: OPENAI_API_KEY``). ``variant`` may be a seeded cell name
+    (``qks@s1``, a table with ``seeds``): its variant's options are read."""
+    variant, _ = split_seed(variant)
     need: list[str] = []
     has: list[str] = []
 
@@ -135,7 +137,7 @@ def cell_needs(params: Params, dataset: str, variant: str) -> list[str]:
         need += fn(params, arg)[0]
     from pipelines.text.config import cell_corpora
 
-    for name in cell_corpora(params, variant).values():
+    for name in cell_corpora(params, split_seed(variant)[0]).values():
         need += corpus_needs(params, name)[0]
     return need
 

@@ -177,6 +177,16 @@ def to_markdown(
 
 
 def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = map_figure(rows)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def map_figure(rows: list[dict[str, Any]]):
+    """One horizontal bar per row and task: our mAP (± its std over seeds as an error bar,
+    where the row has one), the paper's number as a red reference line, with a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,22 +203,32 @@ def _plot(path: Path, rows: list[dict[str, Any]]) -> None:
             for r in sub
         ]
         vals = [r.get("mAP") or 0.0 for r in sub]
-        ax.barh(labels, vals, color="tab:blue", label="reproduced")
-        pubs = [r.get("mAP (paper)") for r in sub]
-        for i, p in enumerate(pubs):
+        stds = [r.get("mAP std") for r in sub]
+        has_std = any(s is not None for s in stds)
+        ax.barh(
+            labels,
+            vals,
+            color="tab:blue",
+            label="reproduced (± std over seeds)" if has_std else "reproduced",
+            xerr=[s or 0.0 for s in stds] if has_std else None,
+            error_kw={"ecolor": "black", "capsize": 3, "lw": 1},
+        )
+        labelled = False
+        for i, p in enumerate(r.get("mAP (paper)") for r in sub):
             if p is not None:
                 ax.plot(
                     [p, p],
                     [i - 0.4, i + 0.4],
                     color="tab:red",
                     lw=2,
-                    label="paper" if i == 0 else None,
+                    label=None if labelled else "paper (published)",
                 )
+                labelled = True
         ax.set_title(f"{task} mAP (%)")
         ax.invert_yaxis()
+        ax.legend(loc="lower right", fontsize="x-small")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def render_table(params: Params, name: str) -> Path:

@@ -115,3 +115,48 @@ def test_data_download_bad_manifest(tmp_path):
         app, ["data", "download", "--manifest", str(bad), "--out", str(tmp_path / "dl")]
     )
     assert res.exit_code == 1 and "m.csv" in res.output and "Traceback" not in res.output
+
+
+def test_list_shows_never_run_and_the_demo_first(tmp_path, tiny_params_dict):
+    """Issue 22 item 8: a stage with no record is "never run", not "stale"; a stage whose
+    output changed is stale with its reason; the demo's stages are listed first."""
+    import json
+
+    from pipelines.config import load_params
+    from pipelines.graph import build_graph, write_stamp
+    from tests.conftest import write_params
+
+    raw = tiny_params_dict
+    raw["tracking"] = {"enabled": False}
+    raw["tables"] = {  # the demo's table is declared last: its cells come late in run order
+        "other": {"title": "other", "datasets": ["toyworld"], "rows": ["clip_zeroshot"]},
+        "tiny": {"title": "tiny", "datasets": ["toyworld"], "rows": ["random"]},
+    }
+    raw["demo_tables"] = ["tiny"]
+    path = write_params(tmp_path, raw)
+    params = load_params(path, check_methods=False)
+    graph = build_graph(params)
+    assert list(graph).index("cell@toyworld@clip_zeroshot") < list(graph).index(
+        "cell@toyworld@random"
+    )
+    data = tmp_path / graph["dataset@toyworld"].out
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text(json.dumps({"counts": {}}))
+    write_stamp(params, graph, "dataset@toyworld")
+    (data / "meta.json").write_text(json.dumps({"counts": {"train": 1}}))  # now stale
+
+    res = runner.invoke(app, ["list", "--params", str(path)])
+    assert res.exit_code == 0, res.output
+    rows = {}
+    for i, line in enumerate(res.output.splitlines()):
+        cols = [c.strip() for c in line.split("│")]
+        if len(cols) > 2 and cols[1] in graph:
+            rows[cols[1]] = (i, cols[2])
+    assert set(rows) == set(graph)
+    assert rows["dataset@toyworld"][1] == "stale"
+    assert {s for n, (_, s) in rows.items() if n != "dataset@toyworld"} == {"never run"}
+    demo = ["dataset@toyworld", "cell@toyworld@random", "table@tiny"]
+    others = ["cell@toyworld@clip_zeroshot", "table@other", "report@all"]
+    assert max(rows[n][0] for n in demo) < min(rows[n][0] for n in others)
+    assert "stale dataset@toyworld: output" in res.output
+    assert "1 stale" in res.output and f"{len(graph) - 1} never run" in res.output

@@ -28,7 +28,7 @@ def _dvc() -> str:
     return found
 
 
-def _repro(ws: Path) -> list[str]:
+def _repro(ws: Path, *targets: str) -> list[str]:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
@@ -36,10 +36,118 @@ def _repro(ws: Path) -> list[str]:
     }
     env.pop("OVML_PARAMS")
     res = subprocess.run(
-        [_dvc(), "repro"], cwd=ws, env=env, capture_output=True, text=True, timeout=900
+        [_dvc(), "repro", *targets], cwd=ws, env=env, capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, res.stdout + res.stderr
     return re.findall(r"Running stage '([^']+)'", res.stdout)
+
+
+def _dvc_workspace(ws: Path, params: dict) -> Path:
+    """A workspace with params.yaml, its dvc.yaml and `dvc init` (no git)."""
+    path = write_params(ws, params)
+    (ws / "pipelines").symlink_to(REPO / "pipelines")  # code deps are repo-relative paths
+    (ws / "dvc.yaml").write_text(dvc_yaml(load_params(path)))
+    subprocess.run([_dvc(), "init", "--no-scm", "-q"], cwd=ws, check=True, timeout=120)
+    return path
+
+
+def _output_hashes(ws: Path) -> dict[str, str]:
+    """sha256 and mtime of every file the stages wrote (a deleted-and-rebuilt file changes)."""
+    from pipelines.io import sha256_file
+
+    return {
+        str(p.relative_to(ws)): f"{sha256_file(p)}:{p.stat().st_mtime_ns}"
+        for top in ("data", "models", "features", "results")
+        for p in sorted((ws / top).rglob("*"))
+        if p.is_file()
+    }
+
+
+def _set_param(path: Path, keys: tuple[str, ...], value) -> None:
+    raw = yaml.safe_load(path.read_text())
+    node = raw
+    for k in keys[:-1]:
+        node = node[k]
+    node[keys[-1]] = value
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+@pytest.mark.slow
+def test_dvc_repro_after_cli_and_dagster_runs_nothing(tmp_path, monkeypatch):
+    """Issue 26: what the CLI or Dagster built is in dvc.lock, so `dvc repro` runs 0
+    stages and deletes nothing; a params change reruns only its cell and the table."""
+    import dagster as dg
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    ws = tmp_path / "ws"
+    path = _dvc_workspace(ws, dict(TINY_PARAMS, tracking={"enabled": False}))
+    monkeypatch.setenv("OVML_DVC", _dvc())
+
+    res = CliRunner().invoke(app, ["table", "tiny", "--params", str(path)])
+    assert res.exit_code == 0, res.output
+    assert (ws / "dvc.lock").exists()
+    before = _output_hashes(ws)
+    assert any(k.startswith("models/toy-clip/") for k in before)
+    assert _repro(ws, "table__tiny") == []
+    assert _output_hashes(ws) == before  # nothing deleted, nothing rebuilt
+
+    # Dagster recomputes one cell (its params changed) and the table
+    _set_param(path, ("variants", "clip_zeroshot-single", "prompts"), "pool")
+    monkeypatch.setenv("OVML_PARAMS", str(path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    (tmp_path / "dagster_home").mkdir()
+    from dagster_project.definitions import build_definitions
+
+    defs = build_definitions(str(path))
+    assets = list(defs.assets)
+    cells = next(a for a in assets if a.key.path[0] == "cells")
+    table = next(a for a in assets if a.key.path[0] == "table")
+    instance = dg.DagsterInstance.ephemeral()
+    for asset, part in ((cells, "clip_zeroshot-single"), (table, None)):
+        out = dg.materialize(
+            [asset], resources=defs.resources, partition_key=part, instance=instance
+        )
+        assert out.success
+        mat = out.get_asset_materialization_events()[0].materialization
+        assert mat.metadata["reused"].value is False
+    after_dagster = _output_hashes(ws)
+    changed = {k for k in after_dagster if after_dagster[k] != before.get(k)}
+    assert {k.split("/")[3] for k in changed if k.startswith("results/cells/")} == {
+        "clip_zeroshot-single"
+    }
+    assert _repro(ws, "table__tiny") == []
+    assert _output_hashes(ws) == after_dagster
+
+    # a params change seen by DVC alone: only that cell and the table rerun
+    _set_param(path, ("variants", "random", "seed_offset"), 7)
+    assert sorted(_repro(ws, "table__tiny")) == ["cell__toyworld__random", "table__tiny"]
+    after_dvc = _output_hashes(ws)
+    assert {k for k in after_dvc if after_dvc[k] != after_dagster.get(k)} <= {
+        k for k in after_dvc if k.startswith(("results/cells/toyworld/random/", "results/tables/"))
+    }
+    assert _repro(ws, "table__tiny") == []
+
+
+def test_sync_dvc_lock_commits_only_fresh_stages_in_step(tmp_path, monkeypatch):
+    """No .dvc: nothing; dvc.yaml out of step: a warning, nothing committed; under
+    `dvc repro` itself: nothing (DVC writes its own lock)."""
+    from pipelines.dvc_lock import sync_dvc_lock
+
+    path = write_params(tmp_path, dict(TINY_PARAMS, tracking={"enabled": False}))
+    params = load_params(path)
+    assert sync_dvc_lock(params, ["dataset@toyworld"]).skipped == "no .dvc folder"
+    (tmp_path / ".dvc").mkdir()
+    monkeypatch.setenv("OVML_DVC", sys.executable)  # never run: nothing gets that far
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    got = sync_dvc_lock(params, ["dataset@toyworld"])
+    assert got.committed == [] and "out of step" in (got.warning or "")
+    (tmp_path / "dvc.yaml").write_text(dvc_yaml(params))
+    got = sync_dvc_lock(params, ["dataset@toyworld"])  # never run: not fresh
+    assert got.committed == [] and got.skipped == "no fresh stage to commit"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert "dvc repro" in (sync_dvc_lock(params, ["dataset@toyworld"]).skipped or "")
 
 
 @pytest.mark.slow

@@ -163,3 +163,30 @@ def test_plan_lists_every_real_table_and_what_it_needs():
     assert "NEEDS release folder" in res.output and "glove.6B.300d.txt" in res.output
     assert "vgg19-imagenet.safetensors" in res.output
     assert "c2srt-relations-random" in res.output  # a pending variant of a paper row
+
+
+def test_report_and_plan_on_seeded_cells(tiny_workspace, tmp_path):
+    """Issue 22 item 5: a table with `seeds` names cells `<variant>@s<seed>`; the report
+    and the plan read their variant's options (they raised KeyError on `random@s0`)."""
+    from pipelines.plan import cell_needs, plan
+
+    path = _workspace_with_paper_tables(tiny_workspace, tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"]["random-glove"] = {"method": "random", "word_vectors": "missing-glove.txt"}
+    raw["tables"]["tiny-seeds"] = {
+        "title": "tiny: seeded",
+        "paper": "qks/table1",
+        "datasets": ["toyworld"],
+        "rows": ["random", "random-glove"],
+        "seeds": [0, 1],
+        "match": {"random": "CLIP"},
+    }
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = load_params(path, check_methods=False)
+    assert any("missing-glove.txt" in n for n in cell_needs(params, "toyworld", "random-glove@s1"))
+    states = {st.name: st for st in plan(params)}
+    assert any("missing-glove.txt" in n for n in states["cell@toyworld@random-glove@s0"].needs)
+    out = build_report(params, log=False)  # seeded cells not computed: says what they need
+    rep = {t["key"]: t for t in json.loads((out / "report.json").read_text())["tables"]}
+    statuses = {r["status"] for r in rep["tiny-seeds"]["rows"]}
+    assert any("missing-glove.txt" in s for s in statuses), statuses
