@@ -587,7 +587,7 @@ def ui(
         )
         out.print(f"MLflow UI:  {mlflow_base}   (log: {mlflow_log})")
         for name, exp_id in _mlflow_experiments(mlflow_base):
-            out.print(f"  {name}: {experiment_url(exp_id, mlflow_base)}")
+            out.print(f"  {name}: {experiment_url(exp_id, mlflow_base)}", soft_wrap=True)
         out.print("Ctrl-C to stop.")
     except UIStartError as err:
         console.print(f"[red]error:[/red] {err}")
