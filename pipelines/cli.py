@@ -593,6 +593,9 @@ def ui(
         console.print(f"[red]error:[/red] {err}")
         _stop(procs)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C while the servers start: stop them too
+        _stop(procs)
+        return
     try:
         while all(pr.poll() is None for pr in procs):
             time.sleep(0.5)
