@@ -29,7 +29,7 @@ from pipelines.config import Params
 from pipelines.graph import Stage, build_graph, outputs_digest
 from pipelines.graph import code_version as stage_code_version
 from pipelines.records import load_record
-from pipelines.tracking import run_url
+from pipelines.tracking import experiment_url, run_url
 
 DATA_VERSION_TAG = "dagster/data_version"
 CODE_VERSION_TAG = "dagster/code_version"
@@ -110,6 +110,9 @@ def to_dagster_metadata(meta: dict[str, Any], record: dict[str, Any] | None = No
     if meta.get("mlflow_run_id") and meta.get("mlflow_experiment_id"):
         out["mlflow_run"] = dg.MetadataValue.url(
             run_url(str(meta["mlflow_experiment_id"]), str(meta["mlflow_run_id"]))
+        )
+        out["mlflow_experiment"] = dg.MetadataValue.url(
+            experiment_url(str(meta["mlflow_experiment_id"]))
         )
     if record is not None:
         out["view"] = str(record.get("view") or "cli")

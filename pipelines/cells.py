@@ -33,7 +33,7 @@ from pipelines.io import (
     write_json,
 )
 from pipelines.methods.base import CellContext, Method
-from pipelines.tracking import Tracker, mlflow_run
+from pipelines.tracking import DatasetInput, Tracker, dataset_input, mlflow_run
 from pipelines.vlp.backbone import Backbone, create_backbone, resolve_device
 from pipelines.vlp.features import extract_features, load_features
 
@@ -181,6 +181,15 @@ def load_backbone(params: Params, backbone: str) -> Backbone:
         else:
             fix = f"check backbones.{backbone}.weights ({cfg.weights!r}) in params.yaml"
         raise FileNotFoundError(f"backbone {backbone!r}: {err}; {fix}") from err
+
+
+def _test_split_input(params: Params, dataset: str) -> DatasetInput | None:
+    """The test split a cell is scored on, as its MLflow run's dataset input."""
+    root = params.path("data") / dataset
+    for name in ("test.npz", "test_sparse.npz"):
+        if (root / name).is_file():
+            return dataset_input(f"{dataset}/test", root / name)
+    return None
 
 
 def pretrain_backbone(params: Params, backbone: str, *, progress: bool = True) -> Path:
@@ -423,6 +432,7 @@ def run_cell(
             description=var.description,
             source=f"ovml stage cell {dataset} {variant}",
             system_metrics=trains,
+            dataset=_test_split_input(params, dataset),
         )
         if main
         else contextlib.nullcontext(Tracker(None))

@@ -617,8 +617,12 @@ def ui(
     dagster_port: int = 3000,
     mlflow_port: int = 5000,
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    start_timeout: Annotated[
+        float, typer.Option(help="seconds each server gets to answer before ovml ui gives up")
+    ] = 300.0,
 ) -> None:
-    """Start the Dagster UI and the MLflow UI on localhost; Ctrl-C stops both."""
+    """Start the Dagster UI and the MLflow UI on localhost; Ctrl-C stops both. Their URLs
+    are printed once each answers (their output goes to log files in $DAGSTER_HOME)."""
     p = _params(params)
     _restore_interrupts()
     bin_dir = Path(sys.executable).parent
@@ -639,8 +643,10 @@ def ui(
         reported = []
     if reported:
         out.print(f"reported {len(reported)} stage record(s) to Dagster")
+    logs = Path(env["DAGSTER_HOME"])
+    dagster_log, mlflow_log = logs / "ovml-ui-dagster.log", logs / "ovml-ui-mlflow.log"
     procs = [
-        subprocess.Popen(
+        _start_server(
             [
                 str(bin_dir / "dagster"),
                 "dev",
@@ -651,11 +657,11 @@ def ui(
                 "-p",
                 str(dagster_port),
             ],
-            cwd=p.root,
-            env=env,
-            start_new_session=True,
+            p.root,
+            env,
+            dagster_log,
         ),
-        subprocess.Popen(
+        _start_server(
             [
                 str(bin_dir / "mlflow"),
                 "ui",
@@ -668,31 +674,108 @@ def ui(
                 "--workers",
                 "1",
             ],
-            cwd=p.root,
-            env=env,
-            start_new_session=True,
+            p.root,
+            # the UI runs no MLflow jobs (GenAI evaluation, scorers): without this, MLflow
+            # 3.17 starts a job runner and 7 huey consumer processes next to the server
+            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            mlflow_log,
         ),
     ]
-    from pipelines.tracking import experiments_url
+    from pipelines.tracking import experiment_url
 
-    out.print(
-        f"Dagster UI: http://{host}:{dagster_port}\n"
-        f"MLflow UI:  {experiments_url(f'http://{host}:{mlflow_port}')}\nCtrl-C to stop."
-    )
+    mlflow_base = f"http://{host}:{mlflow_port}"
+    try:
+        wait_until_serving(
+            "Dagster UI",
+            f"http://{host}:{dagster_port}/server_info",
+            procs[0],
+            dagster_log,
+            start_timeout,
+        )
+        out.print(f"Dagster UI: http://{host}:{dagster_port}   (log: {dagster_log})")
+        wait_until_serving(
+            "MLflow UI", f"{mlflow_base}/health", procs[1], mlflow_log, start_timeout
+        )
+        out.print(f"MLflow UI:  {mlflow_base}   (log: {mlflow_log})")
+        for name, exp_id in _mlflow_experiments(mlflow_base):
+            out.print(f"  {name}: {experiment_url(exp_id, mlflow_base)}", soft_wrap=True)
+        out.print("Ctrl-C to stop.")
+    except UIStartError as err:
+        console.print(f"[red]error:[/red] {err}")
+        _stop(procs)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # Ctrl-C while the servers start: stop them too
+        _stop(procs)
+        return
     try:
         while all(pr.poll() is None for pr in procs):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        for pr in procs:
-            if pr.poll() is None:
-                os.killpg(pr.pid, signal.SIGINT)
-        for pr in procs:
-            try:
-                pr.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(pr.pid, signal.SIGKILL)
+        _stop(procs)
+
+
+class UIStartError(RuntimeError):
+    """A UI server exited or did not answer in time (the message names it and its log)."""
+
+
+def _start_server(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+    """Start one UI server in its own session, its output appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        return subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def wait_until_serving(
+    name: str, url: str, proc: subprocess.Popen | None, log: Path, timeout: float
+) -> None:
+    """Poll ``url`` until it answers 200; fail clearly when ``proc`` exits or time runs out."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if proc is not None and proc.poll() is not None:
+            raise UIStartError(f"{name} exited with status {proc.returncode}; see its log {log}")
+        if time.monotonic() >= deadline:
+            raise UIStartError(
+                f"{name} did not answer at {url} within {timeout:g} s; see its log {log}"
+                " (or raise --start-timeout)"
+            )
+        time.sleep(0.5)
+
+
+def _mlflow_experiments(base: str) -> list[tuple[str, str]]:
+    """(name, id) of the tracking store's experiments, asked of the MLflow server."""
+    import httpx
+
+    try:
+        res = httpx.get(
+            f"{base}/api/2.0/mlflow/experiments/search", params={"max_results": 100}, timeout=10
+        )
+        res.raise_for_status()
+        exps = res.json().get("experiments", [])
+    except (httpx.HTTPError, ValueError):
+        return []
+    return [(e["name"], e["experiment_id"]) for e in exps if e.get("name") != "Default"]
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for pr in procs:
+        if pr.poll() is None:
+            os.killpg(pr.pid, signal.SIGINT)
+    for pr in procs:
+        try:
+            pr.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(pr.pid, signal.SIGKILL)
 
 
 def _restore_interrupts() -> None:

@@ -10,12 +10,18 @@ What a run carries (see :func:`mlflow_run`):
 - ``dagster_run_id`` and ``dagster_run_url`` when Dagster launched it (the asset passes
   its context's run id through :func:`dagster_run`, not through the environment);
 - ``current``: ``yes`` on the latest finished run of a cell; a recomputed cell's
-  earlier runs get ``current = no`` and ``superseded_by = <run id>``;
+  earlier runs get ``current = no``, ``superseded_by = <run id>`` and the run name
+  ``<cell> (superseded)``, so the runs table's default Run Name column tells them apart;
+- a dataset input (name ``<dataset>/<split>``, the split file's digest, its path), which
+  fills the runs table's Dataset column;
 - ``ovml.host`` / ``ovml.pid``: a run left RUNNING by a killed process on this host is
   marked KILLED when the next run starts in its experiment.
 
-Experiments carry ``mlflow.experimentKind = custom_model_development`` so the MLflow UI
-opens them on the runs table (not the GenAI traces view).
+Experiments carry ``mlflow.experimentKind = custom_model_development``, but MLflow 3.17's
+UI ignores that tag: its GenAI / model-training switch decides (GenAI unless the URL says
+``workflowType=machine_learning`` or the user flipped the switch in that browser), and no
+server option changes that default. Every URL ovml prints or links to carries the
+model-training choice (:data:`ML_VIEW`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +172,58 @@ def experiments_url(base: str | None = None) -> str:
     return f"{base or mlflow_ui_url()}/#/experiments?{ML_VIEW}"
 
 
+def experiment_url(experiment_id: str, base: str | None = None) -> str:
+    """The experiment's runs table (the model-training view, not the GenAI overview)."""
+    return f"{base or mlflow_ui_url()}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+
+
+SUPERSEDED = " (superseded)"  # appended to the name of a run a newer run of its cell replaced
+
+
+@dataclass(frozen=True)
+class DatasetInput:
+    """What a run read, as MLflow's Dataset column shows it: ``name`` (``<dataset>/<split>``),
+    the ``digest`` of the split's file and its ``path`` (the source)."""
+
+    name: str
+    path: Path
+    digest: str
+
+
+def dataset_input(name: str, path: Path) -> DatasetInput:
+    """Describe a split file for :func:`mlflow_run` (digest: sha256 of its bytes, 16 hex)."""
+    import hashlib
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: split file of dataset input {name!r} is missing")
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return DatasetInput(name=name, path=path.resolve(), digest=h.hexdigest()[:16])
+
+
+def _log_dataset_input(mlflow: Any, ds: DatasetInput) -> None:
+    import warnings
+
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():  # MLflow registers the local source class twice
+        warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+        source = resolve_dataset_source(ds.path.as_uri())
+    mlflow.log_input(MetaDataset(source, name=ds.name, digest=ds.digest), context="evaluation")
+
+
+def describe(description: str, dagster_url: str | None) -> str:
+    """The run description (markdown, ``mlflow.note.content``): the variant's text and,
+    when Dagster launched the run, a link to that Dagster run."""
+    parts = [redact(description)] if description else []
+    if dagster_url:
+        parts.append(f"Launched by [Dagster run {dagster_url.rsplit('/', 1)[-1]}]({dagster_url}).")
+    return "\n\n".join(parts)
+
+
 def _experiment(params: Params, name: str) -> str:
     import mlflow
 
@@ -203,7 +262,7 @@ def mark_killed_runs(client: Any, experiment_id: str) -> list[str]:
 
 def supersede(client: Any, experiment_id: str, run_name: str, current_id: str) -> list[str]:
     """Mark this run ``current = yes`` and the earlier finished runs of the same name
-    ``current = no, superseded_by = <current_id>``."""
+    ``current = no, superseded_by = <current_id>``, renamed ``<name> (superseded)``."""
     old = []
     for run in client.search_runs(
         [experiment_id],
@@ -213,6 +272,7 @@ def supersede(client: Any, experiment_id: str, run_name: str, current_id: str) -
         if run.info.run_id != current_id:
             client.set_tag(run.info.run_id, "current", "no")
             client.set_tag(run.info.run_id, "superseded_by", current_id)
+            client.update_run(run.info.run_id, name=f"{run_name}{SUPERSEDED}")
             old.append(run.info.run_id)
     client.set_tag(current_id, "current", "yes")
     return old
@@ -229,11 +289,12 @@ def mlflow_run(
     description: str = "",
     source: str = "",
     system_metrics: bool = False,
+    dataset: DatasetInput | None = None,
 ) -> Iterator[Tracker]:
     """Start an MLflow run (or a no-op tracker when tracking is disabled).
 
     ``description`` becomes the run's description, ``source`` its source name (the
-    stage command); ``system_metrics`` samples CPU / memory (and GPU with pynvml) while
+    stage command), ``dataset`` its dataset input; ``system_metrics`` samples CPU / memory (and GPU with pynvml) while
     the run is open. On success the run becomes its name's current run (:func:`supersede`).
     """
     if not params.tracking.enabled or os.environ.get("OVML_TRACKING", "1") == "0":
@@ -268,12 +329,13 @@ def mlflow_run(
         "ovml.pid": str(os.getpid()),
         **{k: redact(str(v)) for k, v in tags.items()},
     }
-    if description:
-        all_tags["mlflow.note.content"] = redact(description)
-    if (dagster := _DAGSTER_RUN.get()) is not None:
+    dagster = _DAGSTER_RUN.get()
+    if dagster is not None:
         all_tags["dagster_run_id"] = dagster[0]
         if dagster[1]:
             all_tags["dagster_run_url"] = dagster[1]
+    if note := describe(description, dagster[1] if dagster else None):
+        all_tags["mlflow.note.content"] = note
     with mlflow.start_run(
         experiment_id=exp_id,
         run_name=run_name,
@@ -283,6 +345,8 @@ def mlflow_run(
         flat = {k: redact(str(v))[:500] for k, v in _flatten(run_params).items()}
         for i in range(0, len(flat), 100):
             mlflow.log_params(dict(list(flat.items())[i : i + 100]))
+        if dataset is not None:
+            _log_dataset_input(mlflow, dataset)
         yield Tracker(run)
     supersede(client, exp_id, run_name, run.info.run_id)
 

@@ -52,6 +52,7 @@ class UI:
     mlflow: str
     proc: subprocess.Popen
     log: Path
+    server_logs: Path  # the folder of the servers' logs (DAGSTER_HOME)
 
     def graphql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
         res = httpx.post(
@@ -87,10 +88,15 @@ class UI:
         raise TimeoutError(f"no new run finished within {timeout:.0f} s\n{self.tail()}")
 
     def tail(self, n: int = 60) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        """The last lines of `ovml ui`'s output and of each server's log."""
+        parts = []
+        for log in [self.log, *sorted(self.server_logs.glob("ovml-ui-*.log"))]:
+            try:
+                lines = log.read_text(errors="replace").splitlines()[-n:]
+            except OSError:
+                continue
+            parts.append(f"--- {log.name}\n" + "\n".join(lines))
+        return "\n".join(parts)
 
 
 @contextlib.contextmanager
@@ -117,7 +123,7 @@ def running_ui(params: Path, dagster_home: Path, timeout: float = 300) -> Iterat
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    ui = UI(f"http://127.0.0.1:{d_port}", f"http://127.0.0.1:{m_port}", proc, log)
+    ui = UI(f"http://127.0.0.1:{d_port}", f"http://127.0.0.1:{m_port}", proc, log, dagster_home)
     try:
         deadline = time.time() + timeout
         if not wait_ok(f"{ui.dagster}/server_info", deadline):

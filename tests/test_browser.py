@@ -3,17 +3,19 @@ by Playwright; `make test` installs chromium through `make browser`).
 
 After the demo graph ran from the CLI, `ovml ui` (on free ports) must show it in the
 Dagster catalog as materialised, launch the table asset from its page to success within
-a bound, open the MLflow experiment on its runs table, and tag the MLflow run of a cell
-Dagster computed with that Dagster run's id.
+a bound, tag the MLflow run of a cell Dagster computed with that Dagster run's id, and
+open the experiment (the URL `ovml ui` prints, the link Dagster shows) on MLflow's runs
+table, a superseded run named apart from the current one.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
+import time
 
 import pytest
 
-from pipelines.tracking import ML_VIEW
 from tests.browser import (
     browser_page,
     chromium_path,
@@ -95,18 +97,56 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
         assert tags["current"] == "yes"
         old = mlflow.search_runs(
             experiment_names=["ovml/toyworld"],
-            filter_string="attributes.run_name = 'random' and tags.current = 'no'",
+            filter_string="tags.variant = 'random' and tags.current = 'no'",
             output_format="list",
         )
         assert [r.data.tags["superseded_by"] for r in old] == [runs[0].info.run_id]
+        assert [r.info.run_name for r in old] == ["random (superseded)"]
+        assert "[Dagster run" in tags["mlflow.note.content"]
 
-        # 4. MLflow opens the experiment on its runs table (the link Dagster shows), the
-        # cells' runs listed; the experiment is tagged as model development
+        # 4. the experiment URL `ovml ui` printed lands on the runs table (model-training
+        # view, not the GenAI overview), where the superseded run is told apart by name
         exp = mlflow.get_experiment_by_name("ovml/toyworld")
-        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
-        page.goto(f"{ui.mlflow}/#/experiments/{exp.experiment_id}?{ML_VIEW}")
-        page.get_by_text("clip_zeroshot-single").first.wait_for(timeout=120_000)
-        assert "/runs" in page.url
+        printed = _printed_url(ui, "ovml/toyworld")
+        _assert_runs_table(page, printed)
+        page.get_by_text("random (superseded)", exact=True).first.wait_for(timeout=30_000)
+        assert page.get_by_text("random", exact=True).count() >= 1
+
+        # 5. so does the link Dagster shows on the cell's materialisation
+        link = _latest_metadata_url(ui, "cells/toyworld", "random", "mlflow_experiment")
+        assert f"/experiments/{exp.experiment_id}/" in link
+        _assert_runs_table(page, link)
+
+
+def _assert_runs_table(page, url: str) -> None:
+    """``url`` shows MLflow's runs table: runs listed, model-training view, no GenAI page."""
+    page.goto(url)
+    page.get_by_text("clip_zeroshot-single", exact=True).first.wait_for(timeout=120_000)
+    assert "/runs" in page.url and "workflowType=machine_learning" in page.url, page.url
+    assert "overview" not in page.url, page.url
+    genai = page.get_by_text(re.compile(r"token usage|detect issues", re.IGNORECASE))
+    assert genai.count() == 0, f"GenAI overview shown at {url}"
+
+
+def _printed_url(ui, experiment: str, timeout: float = 60) -> str:
+    """The URL `ovml ui` printed for ``experiment`` (it prints once MLflow answers)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if m := re.search(rf"{re.escape(experiment)}: (\S+)", ui.log.read_text()):
+            return m.group(1)
+        time.sleep(0.5)
+    raise AssertionError(f"`ovml ui` printed no URL for {experiment}\n{ui.tail()}")
+
+
+def _latest_metadata_url(ui, asset: str, partition: str, label: str) -> str:
+    data = ui.graphql(
+        "query($k: AssetKeyInput!, $p: [String!]) { assetOrError(assetKey: $k) { ... on Asset "
+        "{ assetMaterializations(partitions: $p, limit: 1) { metadataEntries { label "
+        "... on UrlMetadataEntry { url } } } } } }",
+        {"k": {"path": asset.split("/")}, "p": [partition]},
+    )
+    (mat,) = data["assetOrError"]["assetMaterializations"]
+    return next(e["url"] for e in mat["metadataEntries"] if e["label"] == label)
 
 
 def _select_partition(page, key: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -100,6 +101,7 @@ def test_reconcile_reports_each_record_once_and_fresh(tiny_workspace, tmp_path):
         ).records[0]
         meta = cell.asset_materialization.metadata
         assert "/runs/" in meta["mlflow_run"].value and "workflowType" in meta["mlflow_run"].value
+        assert meta["mlflow_experiment"].value.endswith("/runs?workflowType=machine_learning")
 
         # staleness as the UI computes it: every asset fresh after the report
         from dagster._utils.test.data_versions import get_stale_status_resolver
@@ -152,10 +154,13 @@ def mlflow_params(tmp_path, tiny_params_dict):
     return load_params(write_params(tmp_path, tiny_params_dict))
 
 
-def test_mlflow_runs_linked_superseded_and_killed(mlflow_params):
+def test_mlflow_runs_linked_superseded_and_killed(mlflow_params, tmp_path):
     import mlflow
 
-    from pipelines.tracking import dagster_run, mlflow_run
+    from pipelines.tracking import dagster_run, dataset_input, mlflow_run
+
+    split = tmp_path / "test.npz"
+    split.write_bytes(b"split bytes")
 
     def cell_run(**kw):
         with mlflow_run(
@@ -165,13 +170,25 @@ def test_mlflow_runs_linked_superseded_and_killed(mlflow_params):
 
     first = cell_run(description="variant one")
     with dagster_run("dagster-run-1", "http://d/runs/dagster-run-1"):
-        second = cell_run(description="variant one")
+        second = cell_run(description="variant one", dataset=dataset_input("t/test", split))
     client = mlflow.MlflowClient()
     a, b = client.get_run(first), client.get_run(second)
     assert b.data.tags["dagster_run_id"] == "dagster-run-1"
     assert b.data.tags["dagster_run_url"] == "http://d/runs/dagster-run-1"
     assert "dagster_run_id" not in a.data.tags
-    assert b.data.tags["mlflow.note.content"] == "variant one"
+    assert a.data.tags["mlflow.note.content"] == "variant one"
+    # the description (markdown) links the Dagster run
+    assert b.data.tags["mlflow.note.content"] == (
+        "variant one\n\nLaunched by [Dagster run dagster-run-1](http://d/runs/dagster-run-1)."
+    )
+    # the superseded run is renamed, the current one keeps the cell's name
+    assert (a.info.run_name, b.info.run_name) == ("v1 (superseded)", "v1")
+    # the dataset input: name, digest of the split file, its path as the source
+    (ds,) = b.inputs.dataset_inputs
+    assert ds.dataset.name == "t/test"
+    assert ds.dataset.digest == hashlib.sha256(b"split bytes").hexdigest()[:16]
+    assert split.as_uri() in ds.dataset.source
+    assert [t.value for t in ds.tags if t.key == "mlflow.data.context"] == ["evaluation"]
     assert b.data.tags["mlflow.source.git.commit"] == b.data.tags["git_sha"]
     assert (a.data.tags["current"], a.data.tags["superseded_by"]) == ("no", second)
     assert b.data.tags["current"] == "yes"
