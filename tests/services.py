@@ -83,6 +83,9 @@ class RayCluster:
     with its own custom resources (so a test can tell which node ran a step)."""
 
     OBJECT_STORE_BYTES = 80 * 2**20
+    # Each node on its own loopback address (Ray replaces 127.0.0.1 itself by the host's
+    # interface address; other 127.x addresses it keeps): nothing leaves loopback.
+    HEAD_IP = "127.0.0.2"
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
@@ -97,10 +100,10 @@ class RayCluster:
     def address(self) -> str:
         return f"http://{LOOPBACK}:{self.dashboard_port}"
 
-    def _node_args(self, resources: dict[str, float]) -> list[str]:
+    def _node_args(self, ip: str, resources: dict[str, float]) -> list[str]:
         return [
             "--block",
-            "--node-ip-address", LOOPBACK,
+            "--node-ip-address", ip,
             "--num-cpus", "1",
             "--num-gpus", "0",
             "--resources", json.dumps(resources),
@@ -151,7 +154,7 @@ class RayCluster:
                 "--dashboard-host", LOOPBACK,
                 "--dashboard-port", str(self.dashboard_port),
                 "--temp-dir", str(self.temp_dir),
-                *self._node_args(resources),
+                *self._node_args(self.HEAD_IP, resources),
             ],
         )  # fmt: skip
 
@@ -160,7 +163,12 @@ class RayCluster:
         for attempt in range(attempts):
             before = len(self.wait_nodes(1))
             self._start(
-                name, ["--address", f"{LOOPBACK}:{self.gcs_port}", *self._node_args(resources)]
+                name,
+                [
+                    "--address",
+                    f"{self.HEAD_IP}:{self.gcs_port}",
+                    *self._node_args(f"127.0.0.{len(self.nodes) + 2}", resources),
+                ],
             )
             try:
                 self.wait_nodes(before + 1, names=[name])
