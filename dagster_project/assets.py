@@ -24,8 +24,8 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_project.partitions import cell_partitions
 from dagster_project.executors import stage_tags
+from dagster_project.partitions import cell_partitions
 from dagster_project.records import asset_key, code_version, dagster_ui_url, to_dagster_metadata
 from dagster_project.resources import Compute, MlflowTracking, OvmlParams
 from pipelines.config import Params

@@ -4,14 +4,15 @@ lands where its kind's resources say (a Ray job per step, a pod per step).
 
 - ``in_process``: every step in the run's process (the laptop; the default).
 - ``multiprocess``: one process per step, at most ``multiprocess_max_concurrent`` at once.
+- ``k8s``: dagster-k8s's ``k8s_job_executor``, one Kubernetes Job (pod) per step, its
+  container's requests/limits from the step's ``dagster-k8s/config`` tag (infra/k8s).
 - ``ray``: dagster-ray's step handler, one Ray job per step, its entrypoint resources
   from the step's ``dagster-ray/config`` tag (pipelines/execution.py). Before it submits
   anything it checks that the head answers (one line naming the address, within 5 s)
   and, per step, that some alive node can run it: a stage asking for a GPU on a cluster
   without one fails at submission, naming the stage, instead of waiting forever.
 
-The Kubernetes path uses dagster-k8s's ``k8s_job_executor`` (infra/k8s), reading the same
-per-kind resources from the ``dagster-k8s/config`` tag.
+Both read the same per-kind resources (pipelines/execution.py).
 """
 
 from __future__ import annotations
@@ -36,12 +37,17 @@ def stage_tags(params: Params, kind: str) -> dict[str, Any]:
 
 def executor_for(params: Params) -> dg.ExecutorDefinition:
     ex = params.execution
-    if ex.executor == "in_process":
+    chosen = ex.resolved_executor()
+    if chosen == "in_process":
         return dg.in_process_executor
-    if ex.executor == "multiprocess":
+    if chosen == "multiprocess":
         return dg.multiprocess_executor.configured(
             {"max_concurrent": ex.multiprocess_max_concurrent}
         )
+    if chosen == "k8s":
+        from dagster_k8s import k8s_job_executor
+
+        return k8s_job_executor
     ray = ex.ray
     config: dict[str, Any] = {
         "address": ray.resolved_address(),

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-EXECUTORS = ("in_process", "multiprocess", "ray")
+EXECUTORS = ("in_process", "multiprocess", "ray", "k8s")
 RAY_TAG = "dagster-ray/config"  # read by dagster_ray.configs.RayExecutionConfig.from_tags
 K8S_TAG = "dagster-k8s/config"  # read by dagster_k8s.job.get_user_defined_k8s_config
 STAGE_TAG = "ovml/stage-kind"  # which kind a step runs (the Ray step handler's error names it)
@@ -90,7 +90,7 @@ class ExecutionConfig(_Strict):
     """params.yaml ``execution``: which Dagster executor runs the steps, and per stage
     kind what a step needs (merged onto ``DEFAULT_RESOURCES``)."""
 
-    executor: Literal["in_process", "multiprocess", "ray"] = "in_process"
+    executor: Literal["in_process", "multiprocess", "ray", "k8s"] = "in_process"
     multiprocess_max_concurrent: int = Field(2, gt=0)
     ray: RayConfig = RayConfig()
     resources: dict[str, StageResourcesOverride] = {}
@@ -104,6 +104,16 @@ class ExecutionConfig(_Strict):
                 f"unknown stage kind(s) {unknown} (known: {sorted(DEFAULT_RESOURCES)})"
             )
         return v
+
+    def resolved_executor(self) -> str:
+        """``$OVML_EXECUTOR`` when set (a deployment picks its executor without editing
+        params.yaml: infra/k8s/dagster-values.yaml), else ``executor``."""
+        chosen = os.environ.get("OVML_EXECUTOR") or self.executor
+        if chosen not in EXECUTORS:
+            raise ValueError(
+                f"$OVML_EXECUTOR={chosen!r} is not an executor (one of {', '.join(EXECUTORS)})"
+            )
+        return chosen
 
     def resources_for(self, kind: str) -> StageResources:
         """The resources of one step of ``kind``: the default, then params' override."""

@@ -102,9 +102,7 @@ def _same_outputs(ref: Path, got: Path, out: str) -> None:
     timing = {"seconds_fit", "seconds_predict", "path"}  # and the reference's MLflow run
 
     def meta(r: dict) -> dict:
-        return {
-            k: v for k, v in r["metadata"].items() if k not in timing and "mlflow" not in k
-        }
+        return {k: v for k, v in r["metadata"].items() if k not in timing and "mlflow" not in k}
 
     assert meta(a) == meta(b), out
     for name, entry in a["outputs"].items():
@@ -129,9 +127,10 @@ def test_demo_on_two_node_ray_cluster(ray_cluster, tiny_workspace, tmp_path):
     ref = tiny_workspace.parent
     for sub in ["features/toyworld/toy-clip", *[f"results/cells/toyworld/{v}" for v in CELLS]]:
         _same_outputs(ref, ws, sub)
-    assert json.loads((ws / "results/tables/tiny/table.json").read_text())["rows"] == json.loads(
-        (ref / "results/tables/tiny/table.json").read_text()
-    )["rows"]
+    assert (
+        json.loads((ws / "results/tables/tiny/table.json").read_text())["rows"]
+        == json.loads((ref / "results/tables/tiny/table.json").read_text())["rows"]
+    )
 
     nodes = {n["node_id"]: n for n in ray_cluster.wait_nodes(2)}
     jobs = _jobs(ray_cluster.address)
@@ -222,7 +221,9 @@ def test_gpu_stage_on_a_cluster_without_gpus_fails_at_submission(
     proc = _dagster(path, tmp_path / "home", "-o", "stage__cell_toyworld_random")
     out, _ = proc.communicate(timeout=180)
     assert proc.returncode != 0
-    assert "stage cell@toyworld@random (kind cell) cannot run on the Ray cluster" in out, out[-3000:]
+    assert "stage cell@toyworld@random (kind cell) cannot run on the Ray cluster" in out, out[
+        -3000:
+    ]
     assert "the cluster has no GPU" in out
     assert time.monotonic() - t0 < 120  # not a scheduling timeout
     assert not (ws / "results/cells/toyworld/random").exists()
