@@ -139,7 +139,11 @@ def check_s3(endpoint: str | None, bucket: str | None = None, timeout: float = T
     client = boto3.client(
         "s3",
         endpoint_url=endpoint,
-        config=Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 1}),
+        config=Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"mode": "standard", "total_max_attempts": 1},  # one try, no retry
+        ),
     )
     try:
         if bucket:
