@@ -6,8 +6,8 @@ Each ``check_*`` answers within its timeout (5 s by default) and raises
 :class:`ServiceError`, one line naming the service and its address with credentials
 masked (:func:`pipelines.redact.redact`), instead of the minutes of retries and the
 tracebacks (URL and password included) the clients would otherwise print.
-:func:`configured_services` lists what a workspace is set up to use, and
-``ovml services`` checks them all.
+:func:`configured_services` lists what a workspace is set up to use (no CLI command
+calls it yet).
 """
 
 from __future__ import annotations

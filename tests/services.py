@@ -1,7 +1,6 @@
 """Real services for the service and Ray tests, started on loopback and stopped at the
-end of the session: a two-node Ray cluster (`ray start`), Postgres (Debian's package,
-`initdb` + `pg_ctl`), an S3 server (`moto_server`) and an MLflow tracking server on
-Postgres with artifacts on that S3 server. Each is the command infra/README.md gives.
+end of the session. So far: a two-node Ray cluster (`ray start`, infra/README.md step 3).
+Postgres, the S3 server (moto_server) and the MLflow server are not here yet.
 
 Sized for a shared 2-core machine: one logical CPU per Ray node, a small object store,
 no log monitor; every process runs in its own session and its group is stopped at exit.
