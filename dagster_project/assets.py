@@ -24,6 +24,7 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_project.executors import stage_tags
 from dagster_project.partitions import cell_partitions
 from dagster_project.records import asset_key, code_version, dagster_ui_url, to_dagster_metadata
 from dagster_project.resources import Compute, MlflowTracking, OvmlParams
@@ -184,6 +185,7 @@ def _single_asset(params: Params, graph: dict[str, Stage], stage: Stage) -> dg.A
         code_version=code_version(params, graph, stage.name),
         description=f"`{stage.cmd}` → {stage.out}",
         kinds={"python"} if stage.kind == "table" else {"pytorch"},
+        op_tags=stage_tags(params, stage.kind),
     )
     def _asset(
         context: dg.AssetExecutionContext,
@@ -213,6 +215,7 @@ def _images_asset(params: Params, graph: dict[str, Stage], stage: Stage) -> dg.A
         description=f"images of {dataset} downloaded into {stage.out}/chunk-NNNN (shards + ledger)",
         retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL),
         kinds={"python"},
+        op_tags=stage_tags(params, stage.kind),
     )
     def _asset(context: dg.AssetExecutionContext, ovml: OvmlParams) -> dg.MaterializeResult:
         from pipelines.cells import download_dataset_images
@@ -243,6 +246,7 @@ def _cells_asset(
         description=f"cells of {dataset}: one partition per variant (results/cells/{dataset}/<variant>)",
         kinds={"pytorch"},
         retry_policy=dg.RetryPolicy(max_retries=1),
+        op_tags=stage_tags(params, stages[0].kind),
     )
     def _asset(
         context: dg.AssetExecutionContext,

@@ -13,6 +13,7 @@ import dagster as dg
 
 from dagster_project.assets import build_assets
 from dagster_project.checks import build_checks
+from dagster_project.executors import demo_steps_job, executor_for
 from dagster_project.jobs import demo_job, stage_records_sensor
 from dagster_project.resources import Compute, MlflowTracking, OvmlParams
 
@@ -23,12 +24,13 @@ def build_definitions(params_path: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=build_assets(params),
         asset_checks=build_checks(params),
-        jobs=[demo_job(params)] if params.demo_tables else [],
+        jobs=[demo_job(params), demo_steps_job(params)] if params.demo_tables else [],
         sensors=[stage_records_sensor()],
         resources={"ovml": ovml, "mlflow": MlflowTracking.from_env(), "compute": Compute()},
-        # light stages run in the run's process; torch stages run in a child process
-        # (dagster_project/assets.py), so no per-step subprocess is needed
-        executor=dg.in_process_executor,
+        # params.yaml execution.executor: in_process by default (light stages run in the
+        # run's process, torch stages in a child process: dagster_project/assets.py);
+        # multiprocess, or ray (one Ray job per step): dagster_project/executors.py
+        executor=executor_for(params),
     )
 
 

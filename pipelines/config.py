@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from pipelines.execution import ExecutionConfig
 from pipelines.text.config import CorpusConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -398,6 +399,7 @@ class Params(StrictModel):
     demo_agreement: list[str] = []
     corpora: dict[str, CorpusConfig] = {}  # LLM text corpora (pipelines/text/config.py)
     cluster: ClusterConfig = ClusterConfig()  # the node every stage must fit (capacity.py)
+    execution: ExecutionConfig = ExecutionConfig()  # executor + per-stage-kind resources
 
     # where relative paths resolve (the params file's folder) and the keys as written
     root: Path = Field(default=REPO_ROOT, exclude=True)
