@@ -196,7 +196,7 @@ class PretrainConfig(StrictModel):
     def _lit_only(self) -> PretrainConfig:
         if self.recipe != "lit":
             for key in ("unlocked_image_groups", "embed_dim"):
-                if key in self.model_fields_set:
+                if key in self.model_fields_set and getattr(self, key) not in (0, None):
                     raise ValueError(f"{key}: only for `recipe: lit`")
         return self
 

@@ -88,8 +88,10 @@ def test_the_features_stage_reads_the_transform_and_a_change_reruns_it(tmp_path,
     assert fingerprint(params, g1, "dataset@toyworld") == fingerprint(
         changed, g2, "dataset@toyworld"
     )
+    # freshness by outputs: the cell reads the features stage, so a rebuilt cache whose
+    # bytes differ reruns it through the cache's output digest (tests/test_graph.py)
     cell = "cell@toyworld@clip_zeroshot"
-    assert fingerprint(params, g1, cell) != fingerprint(changed, g2, cell)
+    assert feats in g1[cell].deps
 
 
 def test_a_variant_whose_paper_needs_another_transform_than_its_dataset_is_a_params_error(

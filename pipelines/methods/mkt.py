@@ -384,10 +384,10 @@ class MKTImageModule(TrainModule):
     def teacher(self, index: torch.Tensor) -> torch.Tensor:
         """The frozen VLP's unit global embedding of the batch's train images (the cache)."""
         if self._teacher is None:
-            if self._ctx.feature_dir is not None:  # the global embeddings alone, not the patches
+            if self._ctx.feature_dir is not None:  # streamed: global rows read as indexed
                 from pipelines.vlp.features import load_features
 
-                feats = load_features(Path(self._ctx.feature_dir) / "train", patches=False)
+                feats = load_features(Path(self._ctx.feature_dir) / "train")
             else:
                 feats = self._ctx.features("train")
             self._teacher = feats.global_
