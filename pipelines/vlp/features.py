@@ -33,6 +33,7 @@ cell online.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import math
@@ -129,25 +130,25 @@ class FeatureColumn:
         return f"FeatureColumn({self._part!r}, shape={tuple(self.shape)}, float16)"
 
 
-class RowReader:
+class RowReader(abc.ABC):
     """What every feature source shares: ``rows`` (implemented by each), batches, digests."""
 
     image_ids: np.ndarray
 
-    def __len__(self) -> int:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
 
+    @abc.abstractmethod
     def rows(self, index: np.ndarray, parts: Sequence[Part] = PARTS) -> Rows:
         """{part: CPU fp16 tensor of the rows ``index`` (int64, any order, repeats allowed)}."""
-        raise NotImplementedError
 
     @property
     def has_patches(self) -> bool:
         return True
 
+    @abc.abstractmethod
     def row_shape(self, part: Part) -> tuple[int, ...]:
         """The shape of one row of ``part`` ((D,) for global, (P, D) for patches)."""
-        raise NotImplementedError
 
     def batches(
         self,
@@ -542,8 +543,9 @@ class OnlineEncoder(RowReader):
     def __len__(self) -> int:
         return len(self.source)
 
+    @abc.abstractmethod
     def encode(self, pixels: torch.Tensor) -> Rows:
-        raise NotImplementedError
+        """{part: (B, ...)} of one batch of normalised pixels."""
 
     def _encode_uint8(self, imgs: np.ndarray | torch.Tensor) -> Rows:
         bb = self.backbone
