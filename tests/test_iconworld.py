@@ -132,7 +132,8 @@ def test_tag_twins_are_seen_plurals_positive_exactly_where_their_unseen_label_is
     assert all(t.endswith("s") and t not in vocab.names for t in twins.values())
     assert iw.tag_twins(SMALL, vocab, unseen) == {}  # the default draws none
     out = tmp_path / "twins"
-    ds = iw.generate(opts, out, progress=False)
+    ds = iw.generate(opts, out, progress=False, name="iconworld-twins")
+    assert ds.name == "iconworld-twins"  # the twins loop once shadowed the dataset's name
     space = ds.label_space
     seen = [lab.name for lab in space.seen]
     assert set(twins.values()) <= set(seen) and set(twins) <= {lab.name for lab in space.unseen}

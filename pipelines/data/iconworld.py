@@ -768,9 +768,9 @@ def generate(
                     if s not in prefer[lab]:
                         prefer[lab].append(s)
         know = knowledge(vocab, icon_rgba, prefer)
-        for name, twin in twins.items():  # a twin knows what its unseen label knows
-            src = know["labels"][name]
-            know["labels"][twin] = {**src, "keywords": sorted({*src["keywords"], name})}
+        for unseen, twin in twins.items():  # a twin knows what its unseen label knows
+            src = know["labels"][unseen]
+            know["labels"][twin] = {**src, "keywords": sorted({*src["keywords"], unseen})}
         know["labels"] = {n: know["labels"][n] for n in names}  # label-space order
         write_json(tmp / "knowledge.json", know)
         save_npz(
