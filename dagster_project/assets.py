@@ -74,6 +74,7 @@ def run_stage_in_child(
         context.run.run_id,
         "--dagster-run-url",
         dagster_run_url(context.run.run_id),
+        "--rerun",  # Dagster has decided to run it (stale, or `force`)
     ]
     env = {
         **os.environ,

@@ -378,8 +378,21 @@ def stage(
         str | None, typer.Option(hidden=True, help="the Dagster run that launched this stage")
     ] = None,
     dagster_run_url: Annotated[str | None, typer.Option(hidden=True)] = None,
+    rerun: Annotated[
+        bool,
+        typer.Option(
+            "--rerun",
+            help="run even when the stage is fresh by its record (Dagster passes it: it "
+            "has decided to run the stage already)",
+        ),
+    ] = False,
 ) -> None:
-    """Run exactly one stage, without its upstream (dvc.yaml's commands)."""
+    """Run exactly one stage, without its upstream (dvc.yaml's commands).
+
+    A stage that is fresh by its record (fingerprint, and every output's sha256 checked
+    against the record) is left as it is and the command returns at once: a plain `dvc
+    repro` on a workspace the CLI or Dagster built then records it in dvc.lock instead of
+    recomputing it (issue 26). A stale or corrupted output is recomputed."""
     import contextlib
     import json
 
@@ -390,6 +403,7 @@ def stage(
         build_graph,
         check_inputs,
         stage_inputs,
+        stage_status,
         write_stamp,
     )
     from pipelines.records import stage_view
@@ -415,6 +429,16 @@ def stage(
             f"[red]error:[/red] {name}: {redact(str(err))}", highlight=False, soft_wrap=True
         )
         raise typer.Exit(1) from None
+    if not rerun:
+        fresh, reason = stage_status(p, graph, name, deep=True)  # every output hashed
+        if fresh:
+            console.print(f"{name} is up to date (outputs match its record); nothing to run")
+            if not dagster_run_id:
+                from pipelines.dvc_lock import sync_dvc_lock
+
+                _print_dvc_lock(sync_dvc_lock(p, [name]))
+            return
+        console.print(f"{name} is stale: {reason}", highlight=False, soft_wrap=True)
     inputs = stage_inputs(p, graph, name)  # taken before the run
     with contextlib.ExitStack() as stack:
         if dagster_run_id:

@@ -704,8 +704,12 @@ def dvc_yaml(params: Params, params_file: str = "params.yaml") -> str:
         entry: dict[str, Any] = {"cmd": st.cmd, "deps": deps}
         keys = [k for k in st.params if params.has_key(k)]
         entry["params"] = keys if params_file == "params.yaml" else [{params_file: keys}]
-        # a corpus keeps its response cache across reruns (DVC would delete it first)
-        entry["outs"] = [{st.out: {"persist": True}}] if st.kind == "corpus" else [st.out]
+        # `persist`: DVC never deletes an output before the command (issue 26). A plain
+        # `dvc repro` on a workspace the CLI or Dagster built (no dvc.lock entry yet) runs
+        # `ovml stage`, which verifies the outputs against the stage record and returns at
+        # once when they are fresh (DVC then records them); a stale or corrupted output is
+        # recomputed in place, as the CLI does. A corpus keeps its response cache this way.
+        entry["outs"] = [{st.out: {"persist": True}}]
         if st.kind == "images":
             summary = Path(st.out).with_name(Path(st.out).name + ".summary.json")
             entry["metrics"] = [{str(summary): {"cache": False}}]

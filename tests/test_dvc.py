@@ -4,6 +4,7 @@ and what reads it. Runs the real dvc (an isolated uv tool)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import pytest
 import yaml
 
 from pipelines.config import load_params
-from pipelines.graph import dvc_yaml
+from pipelines.graph import STAMP, dvc_yaml
 from tests.conftest import REPO, TINY_PARAMS, write_params
 
 
@@ -42,13 +43,28 @@ def _repro(ws: Path, *targets: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", res.stdout)
 
 
-def _dvc_workspace(ws: Path, params: dict) -> Path:
-    """A workspace with params.yaml, its dvc.yaml and `dvc init` (no git)."""
+def _dvc_workspace(ws: Path, params: dict, *, init: bool = True) -> Path:
+    """A workspace with params.yaml, its dvc.yaml and (``init``) `dvc init` (no git)."""
     path = write_params(ws, params)
     (ws / "pipelines").symlink_to(REPO / "pipelines")  # code deps are repo-relative paths
     (ws / "dvc.yaml").write_text(dvc_yaml(load_params(path)))
-    subprocess.run([_dvc(), "init", "--no-scm", "-q"], cwd=ws, check=True, timeout=120)
+    if init:
+        _dvc_init(ws)
     return path
+
+
+def _dvc_init(ws: Path) -> None:
+    subprocess.run([_dvc(), "init", "--no-scm", "-q"], cwd=ws, check=True, timeout=120)
+
+
+def _finished_at(ws: Path) -> dict[str, str]:
+    """``{stage: finished_at}`` of every stage record in the workspace."""
+    return {
+        rec["stage"]: rec["finished_at"]
+        for p in sorted(ws.rglob(STAMP))
+        if ".dvc" not in p.parts
+        for rec in [json.loads(p.read_text())]
+    }
 
 
 def _output_hashes(ws: Path) -> dict[str, str]:
@@ -127,6 +143,65 @@ def test_dvc_repro_after_cli_and_dagster_runs_nothing(tmp_path, monkeypatch):
     assert {k for k in after_dvc if after_dvc[k] != after_dagster.get(k)} <= {
         k for k in after_dvc if k.startswith(("results/cells/toyworld/random/", "results/tables/"))
     }
+    assert _repro(ws, "table__tiny") == []
+
+
+@pytest.mark.slow
+def test_plain_dvc_repro_on_a_workspace_built_before_dvc_recomputes_nothing(tmp_path):
+    """Issue 26: built by the CLI before `.dvc` existed (so no dvc.lock), then `dvc init`
+    and a plain `dvc repro` (no `ovml dvc-commit`): DVC deletes no output (persist) and
+    every `ovml stage` finds its stage fresh by its record and returns at once, so nothing
+    is recomputed and DVC records the lock; a corrupted output is recomputed, whether DVC
+    sees the change (its lock) or only the record's sha256 does (same size and mtime)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    ws = tmp_path / "ws"
+    path = _dvc_workspace(ws, dict(TINY_PARAMS, tracking={"enabled": False}), init=False)
+    res = CliRunner().invoke(app, ["table", "tiny", "--params", str(path)])
+    assert res.exit_code == 0, res.output
+    assert not (ws / "dvc.lock").exists()  # no .dvc yet: nothing committed
+    built, records = _output_hashes(ws), _finished_at(ws)
+    assert any(k.startswith("models/toy-clip/") for k in built)
+
+    _dvc_init(ws)
+    ran = _repro(ws, "table__tiny")  # DVC runs every command: it has no lock
+    assert "table__tiny" in ran and "backbone__toy-clip" in ran
+    assert _finished_at(ws) == records  # no stage recomputed
+    assert _output_hashes(ws) == built  # nothing deleted, nothing rewritten
+    assert (ws / "dvc.lock").exists()
+    assert _repro(ws, "table__tiny") == []  # the lock DVC wrote knows every stage
+
+    # a corrupted output that DVC sees (size changed): the cell reruns, its file is
+    # restored, and the table (its input came back byte-identical) is not recomputed
+    cell = ws / "results/cells/toyworld/random"
+    (cell / "metrics.json").write_text("{}")
+    ran = _repro(ws, "table__tiny")
+    assert "cell__toyworld__random" in ran
+    after = _finished_at(ws)
+    assert after["cell@toyworld@random"] != records["cell@toyworld@random"]
+    assert {k for k in after if after[k] != records[k]} == {"cell@toyworld@random"}
+    now = _output_hashes(ws)
+    key = "results/cells/toyworld/random/metrics.json"
+    assert now[key].split(":")[0] == built[key].split(":")[0]
+    assert _repro(ws, "table__tiny") == []
+
+    # a corruption only the record's sha256 sees (same size, mtime put back) on a
+    # workspace without a lock: that stage is recomputed, no other
+    (ws / "dvc.lock").unlink()
+    victim = max((p for p in cell.iterdir() if p.name != STAMP), key=lambda p: p.stat().st_size)
+    st = victim.stat()
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = _finished_at(ws)
+    _repro(ws, "table__tiny")
+    again = _finished_at(ws)
+    assert {k for k in again if again[k] != before[k]} == {"cell@toyworld@random"}
+    rel = str(victim.relative_to(ws))
+    assert _output_hashes(ws)[rel].split(":")[0] == built[rel].split(":")[0]
     assert _repro(ws, "table__tiny") == []
 
 

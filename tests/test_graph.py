@@ -69,7 +69,7 @@ def test_dvc_stages_match_the_grid():
     for ds, var in params.cells:
         st = stages[graph[f"cell@{ds}@{var}"].dvc_name]
         assert f"variants.{split_seed(var)[0]}" in st["params"]  # qks@s1 reads variants.qks
-        assert st["outs"] == [f"results/cells/{ds}/{var}"]
+        assert st["outs"] == [{f"results/cells/{ds}/{var}": {"persist": True}}]
         assert st["cmd"] == f"ovml stage cell {ds} {var}"
 
 
