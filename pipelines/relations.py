@@ -101,7 +101,7 @@ def _config_defaults(method: str) -> dict[str, Any]:
     """Literal defaults of the method's ``Config`` fields, read with ``ast`` (no import)."""
     import ast
 
-    from pipelines.config import ConfigError, _module_ast, module_constants
+    from pipelines.config_core import ConfigError, _module_ast, module_constants
 
     path, tree = _module_ast(method)
     consts = module_constants(tree)
