@@ -12,8 +12,11 @@ Stage kinds (and their output folders):
     table     <results>/tables/<table>/              table.md/.csv/.json and a plot
     agreement <results>/agreement/<name>/            method vs its paper's reference row
 
-``dvc.yaml`` is generated from this graph (``ovml dvc-yaml``; a test checks it is in
-step), Dagster assets are built from it, and :func:`run_stages` runs it in-process,
+Each kind is declared by its own module (pipelines/stages/<kind>.py, through the one
+table of pipelines/stages/kinds.py): this module only assembles the declarations,
+orders them and checks freshness; it imports no stage's science. ``dvc.yaml`` is
+generated from this graph (``ovml dvc-yaml``; a test checks it is in step), Dagster
+assets are built from it, and :func:`pipelines.runner.run_stages` runs it in-process,
 skipping every stage whose fingerprint matches the stamp its last run left in its
 output folder.
 
