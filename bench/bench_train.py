@@ -32,12 +32,12 @@ from pipelines.config import load_params, method_class  # noqa: E402
 def workspace_context(params_path: str, dataset: str, variant: str, workdir: Path):
     from pipelines.cells import make_context, setup_torch
     from pipelines.config import Params
-    from pipelines.graph import run_stages
+    from pipelines.runner import run_stages
 
     params: Params = load_params(params_path)
     setup_torch(params)
     bb = params.backbone_for(dataset, variant)
-    from pipelines.cells import run_stage
+    from pipelines.runner import run_stage
 
     run_stages(params, [f"features@{dataset}@{bb}"], lambda p, st: run_stage(p, st, progress=False))
     return params, make_context(params, dataset, variant, workdir, progress=False)

@@ -24,10 +24,10 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_project.executors import stage_tags
 from dagster_project.partitions import cell_partitions
 from dagster_project.records import asset_key, code_version, dagster_ui_url, to_dagster_metadata
 from dagster_project.resources import Compute, MlflowTracking, OvmlParams
+from dagster_project.tags import stage_tags
 from pipelines.config import Params
 from pipelines.dvc_lock import sync_dvc_lock
 from pipelines.graph import Stage, build_graph, is_fresh, outputs_digest, stage_inputs, write_stamp

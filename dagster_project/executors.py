@@ -23,16 +23,11 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_project.tags import stage_tags
 from pipelines.config import Params
-from pipelines.execution import STAGE_TAG, stage_op_tags
+from pipelines.execution import STAGE_TAG
 
 STAGE_NAME_TAG = "ovml/stage"
-
-
-def stage_tags(params: Params, kind: str) -> dict[str, Any]:
-    """Op tags for every step of ``kind`` (both executors' resources; a function of the
-    kind alone, so assets split or renamed keep them)."""
-    return stage_op_tags(params.execution, kind)
 
 
 def executor_for(params: Params) -> dg.ExecutorDefinition:

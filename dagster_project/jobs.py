@@ -21,9 +21,9 @@ def demo_job(params: Params) -> dg.JobDefinition:
     )
     def ovml_demo(context: dg.OpExecutionContext, ovml: OvmlParams) -> None:
         from dagster_project.assets import dagster_run_url
-        from pipelines.cells import run_stage
-        from pipelines.graph import build_graph, run_stages
+        from pipelines.graph import build_graph
         from pipelines.records import load_record, stage_view
+        from pipelines.runner import run_stage, run_stages
         from pipelines.tracking import dagster_run
 
         p = ovml.load()

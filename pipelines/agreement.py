@@ -28,7 +28,7 @@ from pipelines.io import atomic_path, write_json, write_text
 
 
 def _metric(params: Params, dataset: str, cell: str, task: str, metric: str) -> float | None:
-    from pipelines.cells import load_cell_metrics
+    from pipelines.workspace import load_cell_metrics
 
     got = load_cell_metrics(params, dataset, cell)
     if got is None:

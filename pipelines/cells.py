@@ -1,14 +1,16 @@
-"""Stage implementations: what each node of the graph (pipelines/graph.py) computes.
+"""The science behind the stages that meet torch: build a dataset, download its images,
+pre-train a backbone, extract features, run a cell (train, predict, evaluate, track).
 
-These functions are the only place where datasets, backbones, features, methods,
-evaluation and tracking meet. The CLI, the DVC stages and the Dagster assets all call
-:func:`run_stage`, so the three views compute the same files.
+The stage modules (pipelines/stages/dataset.py, images.py, backbone.py, features.py,
+cell.py) call these functions from their ``run``; the CLI, the DVC stages and the
+Dagster assets all go through :func:`pipelines.runner.run_stage`, so the three views
+compute the same files. Where outputs live and how to read them back is
+pipelines/workspace.py (re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,19 +25,25 @@ from pipelines.config import Params, method_class, split_seed
 from pipelines.data.images import from_config, open_images
 from pipelines.data.prepared import PreparedDataset
 from pipelines.evaluate import evaluate_scores
-from pipelines.graph import Stage
 from pipelines.io import (
     atomic_path,
     is_main_process,
-    load_npz,
     save_npz,
-    world_size,
     write_json,
 )
 from pipelines.methods.base import CellContext, Method
 from pipelines.tracking import DatasetInput, Tracker, dataset_input, mlflow_run
-from pipelines.vlp.backbone import Backbone, create_backbone, resolve_device
+from pipelines.vlp.backbone import resolve_device
 from pipelines.vlp.features import extract_features, load_features
+from pipelines.workspace import (  # noqa: F401 (re-exported: where a stage's outputs live)
+    backbone_weights,
+    cell_dir,
+    download_summary_path,
+    images_root,
+    load_backbone,
+    load_cell_metrics,
+    load_cell_scores,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +85,6 @@ def build_dataset(params: Params, dataset: str, *, progress: bool = True) -> Pat
 
 
 # ------------------------------------------------------------------------------ images
-def images_root(params: Params, dataset: str) -> Path | None:
-    """Where a dataset's images are: the download stage's folder, ``images:``, or None."""
-    cfg = params.datasets[dataset]
-    if cfg.download is not None:
-        return params.path("data") / f"{dataset}-images"
-    if cfg.images:
-        path = Path(cfg.images)
-        return path if path.is_absolute() else params.root / path
-    return None
-
-
 def chunk_of(image_ids: list[str], chunks: int) -> np.ndarray:
     """Stable chunk number of each image id (crc32, the same on every machine)."""
     import zlib
@@ -143,46 +140,7 @@ def download_dataset_images(
     return out
 
 
-def download_summary_path(params: Params, dataset: str) -> Path:
-    """Beside the images folder (a DVC metrics file may not sit inside an output)."""
-    return params.path("data") / f"{dataset}-images.summary.json"
-
-
 # ---------------------------------------------------------------------------- backbone
-def backbone_weights(params: Params, backbone: str) -> str:
-    cfg = params.backbones[backbone]
-    if cfg.weights == "pretrain":
-        return f"dir:{params.path('models') / backbone}"
-    if cfg.weights.startswith("file:"):
-        path = Path(cfg.weights.removeprefix("file:"))
-        return f"file:{path if path.is_absolute() else params.root / path}"
-    return cfg.weights
-
-
-def load_backbone(params: Params, backbone: str) -> Backbone:
-    """The backbone with its declared weights; weights that cannot be loaded are an error
-    naming the file and the stage (or params key) that provides them, never a random tower."""
-    cfg = params.backbones[backbone]
-    try:
-        return create_backbone(
-            cfg.model,
-            backbone_weights(params, backbone),
-            device=resolve_device(params.device),
-            precision=cfg.precision,
-            name=backbone,
-            quick_gelu=cfg.quick_gelu,
-        )
-    except (FileNotFoundError, OSError, RuntimeError, ValueError) as err:
-        if cfg.weights == "pretrain":
-            fix = (
-                f"it is made by stage backbone@{backbone}: rebuild it with "
-                f"`ovml stage backbone {backbone}` (or any `ovml run` that needs it)"
-            )
-        else:
-            fix = f"check backbones.{backbone}.weights ({cfg.weights!r}) in params.yaml"
-        raise FileNotFoundError(f"backbone {backbone!r}: {err}; {fix}") from err
-
-
 def _test_split_input(params: Params, dataset: str) -> DatasetInput | None:
     """The test split a cell is scored on, as its MLflow run's dataset input."""
     root = params.path("data") / dataset
@@ -270,10 +228,6 @@ def build_features(params: Params, dataset: str, backbone: str, *, progress: boo
 
 
 # -------------------------------------------------------------------------------- cell
-def cell_dir(params: Params, dataset: str, variant: str) -> Path:
-    return params.path("results") / "cells" / dataset / variant
-
-
 def make_context(
     params: Params,
     dataset: str,
@@ -516,75 +470,3 @@ def run_cell(
             params.datasets[dataset].eval.zero_positive,
         )
     return metrics
-
-
-def load_cell_metrics(params: Params, dataset: str, variant: str) -> dict[str, Any] | None:
-    path = cell_dir(params, dataset, variant) / "metrics.json"
-    if not path.exists():
-        return None
-    try:
-        metrics = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ValueError(
-            f"{path}: unreadable ({err}); it is an output of stage cell@{dataset}@{variant}: "
-            f"rebuild it with `ovml run {dataset} {variant} --force`"
-        ) from None
-    if not isinstance(metrics, dict):
-        raise ValueError(
-            f"{path}: not a metrics object; rebuild it with `ovml run {dataset} {variant} --force`"
-        )
-    return metrics
-
-
-def load_cell_scores(params: Params, dataset: str, variant: str) -> np.ndarray:
-    return load_npz(cell_dir(params, dataset, variant) / "scores.npz")["scores"]
-
-
-# ------------------------------------------------------------------------------- stage
-def run_stage(
-    params: Params, stage: Stage, *, progress: bool = True, from_scratch: bool = False
-) -> Any:
-    """Compute one graph stage (the single entry point of CLI, DVC and Dagster).
-    ``from_scratch``: a training cell resumes no checkpoint (``--force``)."""
-    from pipelines.capacity import check_stage_fits
-
-    check_stage_fits(params, stage)  # a node too small: stop before anything runs
-    setup_torch(params)
-    if world_size() > 1 and stage.kind != "cell":
-        raise RuntimeError(
-            f"{stage.name}: only cell stages run under torchrun. Build the cell's inputs in "
-            "one process first (`ovml stage features DATASET BACKBONE`, or `dvc repro` of "
-            "that stage), then `torchrun --nproc-per-node N -m pipelines.cli stage cell "
-            "DATASET VARIANT`"
-        )
-    if stage.kind == "dataset":
-        return build_dataset(params, *stage.key, progress=progress)
-    if stage.kind == "images":
-        return download_dataset_images(params, *stage.key, progress=progress)
-    if stage.kind == "backbone":
-        return pretrain_backbone(params, *stage.key, progress=progress)
-    if stage.kind == "features":
-        return build_features(params, *stage.key, progress=progress)
-    if stage.kind == "corpus":
-        from pipelines.text.corpora import build_corpus
-
-        return build_corpus(params, *stage.key, progress=progress)
-    if stage.kind == "relations":
-        from pipelines.relations import build_relations
-
-        return build_relations(params, *stage.key, progress=progress)
-    if stage.kind == "cell":
-        return run_cell(params, *stage.key, progress=progress, from_scratch=from_scratch)
-    if stage.kind == "table":
-        from pipelines.tables import render_table
-
-        return render_table(params, *stage.key)
-    if stage.kind == "report":
-        from pipelines.report import build_report
-
-        return build_report(params)
-    if stage.kind == "agreement":
-        from pipelines.agreement import render_agreement
-
-        return render_agreement(params, *stage.key)
-    raise ValueError(f"unknown stage kind {stage.kind!r}")

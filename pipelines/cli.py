@@ -75,9 +75,9 @@ def _run(
 ) -> list[str]:
     """Run targets (and what they need). ``force`` reruns everything from scratch;
     ``force_only`` reruns just those stages, from scratch (no checkpoint resumed)."""
-    from pipelines.cells import run_stage
-    from pipelines.graph import build_graph, run_stages, upstream
+    from pipelines.graph import build_graph, upstream
     from pipelines.redact import redact
+    from pipelines.runner import run_stage, run_stages
 
     from_scratch = set(force_only)
     if force:
@@ -397,7 +397,6 @@ def stage(
     import json
 
     from pipelines.capacity import CapacityError
-    from pipelines.cells import run_stage
     from pipelines.graph import (
         StaleInputError,
         build_graph,
@@ -408,6 +407,7 @@ def stage(
     )
     from pipelines.records import stage_view
     from pipelines.redact import redact
+    from pipelines.runner import run_stage
     from pipelines.tracking import dagster_run
 
     # Dagster passes what its resources override (device, threads, tracking) here

@@ -7,10 +7,8 @@ message names the file and the dotted key, so the CLI can print one line, no tra
 
 from __future__ import annotations
 
-import functools
 import importlib
 import os
-import pkgutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,10 +23,20 @@ from pydantic import (
     model_validator,
 )
 
+from pipelines.config_core import (  # noqa: F401 (re-exported: the params layer's names)
+    REPO_ROOT,
+    SEED_SEP,
+    ConfigError,
+    _module_ast,
+    available_methods,
+    method_code_deps,
+    method_corpora,
+    module_constants,
+    seeded,
+    split_seed,
+)
 from pipelines.execution import ExecutionConfig
 from pipelines.text.config import CorpusConfig
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def default_params_path() -> Path:
@@ -40,10 +48,6 @@ def default_params_path() -> Path:
 
 
 DEFAULT_PARAMS = default_params_path()
-
-
-class ConfigError(ValueError):
-    """A bad params file: the message says which file, which key and what to do."""
 
 
 class StrictModel(BaseModel):
@@ -634,37 +638,11 @@ def _check_paper_ref(name: str, tab: TableConfig) -> None:
 
 
 # -------------------------------------------------------------------------------- seeds
-SEED_SEP = "@s"
-
-
-def seeded(variant: str, seed: int) -> str:
-    """The cell name of one training seed of a variant: ``qks@s1``."""
-    return f"{variant}{SEED_SEP}{seed}"
-
-
-def split_seed(cell: str) -> tuple[str, int | None]:
-    """``qks@s1`` -> ("qks", 1); ``qks`` -> ("qks", None)."""
-    base, sep, tail = cell.rpartition(SEED_SEP)
-    if sep and tail.isdigit():
-        return base, int(tail)
-    return cell, None
 
 
 def row_cells(tab: TableConfig, row: str) -> list[str]:
     """The cells behind one row of a table: one per seed, or the variant's single cell."""
     return [row] if tab.seeds is None else [seeded(row, s) for s in tab.seeds]
-
-
-# ------------------------------------------------------------------------------ methods
-def available_methods() -> list[str]:
-    """Method names = the modules of pipelines/methods (no registry to fill by import)."""
-    import pipelines.methods as pkg
-
-    return sorted(
-        m.name
-        for m in pkgutil.iter_modules(pkg.__path__)
-        if not m.name.startswith("_") and m.name != "base"
-    )
 
 
 def method_module(name: str):
@@ -680,110 +658,6 @@ def method_class(name: str):
 
 def method_config_class(name: str) -> type[BaseModel]:
     return method_class(name).Config
-
-
-def method_code_deps(name: str) -> tuple[str, ...]:
-    """A method module's ``CODE_DEPS`` (extra source files whose change reruns its cells),
-    read with ``ast`` so the graph is built without importing the method (or torch).
-    ``CODE_DEPS`` must be a literal tuple or list of repo-relative paths."""
-    import ast
-
-    path, tree = _module_ast(name)
-    for node in tree.body:
-        targets = (
-            node.targets
-            if isinstance(node, ast.Assign)
-            else [node.target]
-            if isinstance(node, ast.AnnAssign) and node.value is not None
-            else []
-        )
-        if any(isinstance(t, ast.Name) and t.id == "CODE_DEPS" for t in targets):
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                raise ConfigError(
-                    f"{path}:{node.lineno}: CODE_DEPS must be a literal tuple of paths"
-                ) from None
-            return tuple(str(v) for v in value)
-    return ()
-
-
-def _module_ast(name: str):
-    """(path, parsed module) of a method file, without importing it; parsed once per
-    version of the file (the graph asks for every cell)."""
-    if name not in available_methods():
-        raise ConfigError(f"unknown method {name!r} (known: {available_methods()})")
-    path = REPO_ROOT / "pipelines" / "methods" / f"{name}.py"
-    return path, _parse(str(path), path.stat().st_mtime_ns)
-
-
-def module_constants(tree) -> dict[str, object]:
-    """``NAME = <literal>`` assignments at a parsed module's top level (read with ``ast``)."""
-    import ast
-
-    consts: dict[str, object] = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target = node.targets[0]
-            if isinstance(target, ast.Name) and isinstance(node.value, ast.Constant):
-                consts[target.id] = node.value.value
-    return consts
-
-
-@functools.lru_cache(maxsize=64)
-def _parse(path: str, mtime_ns: int):
-    import ast
-
-    return ast.parse(Path(path).read_text(encoding="utf-8"), filename=path)
-
-
-def method_corpora(name: str) -> dict[str, str]:
-    """``{corpus kind: default corpus name}`` a method reads, without importing it (torch).
-
-    Read with ``ast``: the method class's ``CORPORA`` (a literal tuple of kinds, or of
-    module-level string constants) and its ``Config``'s ``corpus`` field default (else the
-    kind itself). The graph makes a cell depend on these corpora; a variant's ``corpus:``
-    option names another corpus of that kind (single-kind methods). A method may read fewer
-    at run time (``Method.corpora()``), never more."""
-    import ast
-
-    path, tree = _module_ast(name)
-    consts = module_constants(tree)
-
-    def value(expr: ast.expr) -> object:
-        if isinstance(expr, ast.Name) and expr.id in consts:
-            return consts[expr.id]
-        try:
-            return ast.literal_eval(expr)
-        except ValueError:
-            raise ConfigError(
-                f"{path}:{expr.lineno}: CORPORA and Config.corpus must be literals "
-                "or module-level string constants"
-            ) from None
-
-    kinds: tuple[str, ...] = ()
-    default: str | None = None
-    for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
-        for node in cls.body:
-            if (
-                isinstance(node, ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == "CORPORA" for t in node.targets)
-                and isinstance(node.value, ast.Tuple | ast.List)
-            ):
-                kinds = tuple(str(value(e)) for e in node.value.elts)
-            if (
-                cls.name == "Config"
-                and isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and node.target.id == "corpus"
-                and node.value is not None
-            ):
-                default = str(value(node.value))
-    if not kinds:
-        return {}
-    if len(kinds) == 1 and default is not None:
-        return {kinds[0]: default}
-    return {k: k for k in kinds}
 
 
 # ------------------------------------------------------------------------------ loading

@@ -12,8 +12,11 @@ Stage kinds (and their output folders):
     table     <results>/tables/<table>/              table.md/.csv/.json and a plot
     agreement <results>/agreement/<name>/            method vs its paper's reference row
 
-``dvc.yaml`` is generated from this graph (``ovml dvc-yaml``; a test checks it is in
-step), Dagster assets are built from it, and :func:`run_stages` runs it in-process,
+Each kind is declared by its own module (pipelines/stages/<kind>.py, through the one
+table of pipelines/stages/kinds.py): this module only assembles the declarations,
+orders them and checks freshness; it imports no stage's science. ``dvc.yaml`` is
+generated from this graph (``ovml dvc-yaml``; a test checks it is in step), Dagster
+assets are built from it, and :func:`pipelines.runner.run_stages` runs it in-process,
 skipping every stage whose fingerprint matches the stamp its last run left in its
 output folder.
 
@@ -29,325 +32,49 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pipelines.config import REPO_ROOT, Params, method_code_deps, seeded, split_seed
-from pipelines.io import is_main_process, read_json, write_json
-from pipelines.relations import RELATIONS_CODE
-
-STAMP = ".ovml-stage.json"
-LIBRARY_CODE: tuple[str, ...] = ()  # shared helpers are not deps: editing them reruns nothing
-# a backbone aligned from packaged towers (`pretrain: {recipe: lit}`)
-LIT_CODE = ("pipelines/vlp/lit.py", "pipelines/vlp/towers.py", "pipelines/vlp/tower_sources.py")
-
-
-@dataclass(frozen=True)
-class Stage:
-    kind: str
-    key: tuple[str, ...]
-    deps: tuple[str, ...]  # names of upstream stages
-    out: str  # output folder, relative to the params root
-    params: tuple[str, ...]  # dotted keys of params.yaml this stage reads
-    code: tuple[str, ...]  # source files (repo-relative) whose change reruns it
-    extra_deps: tuple[str, ...] = field(default=())  # other files read (e.g. a release dir)
-
-    @property
-    def name(self) -> str:
-        return "@".join((self.kind, *self.key))
-
-    @property
-    def dvc_name(self) -> str:
-        """DVC allows only letters, digits, '_' and '-' in stage names ('@' means foreach)."""
-        return "__".join(re.sub(r"[^A-Za-z0-9_-]", "-", part) for part in (self.kind, *self.key))
-
-    @property
-    def cmd(self) -> str:
-        return " ".join(["ovml", "stage", self.kind, *self.key])
-
-
-def _rel(params: Params, kind: str, *parts: str) -> str:
-    path = params.path(kind).joinpath(*parts)
-    try:
-        return str(path.relative_to(params.root))
-    except ValueError:
-        return str(path)
-
-
-def download_owner(params: Params, dataset: str) -> str | None:
-    """The other dataset entry whose download stage fills this entry's ``images:`` folder
-    (``nus-wide-81`` reads ``data/nus-wide-images``: the same release, another label set),
-    or None."""
-    cfg = params.datasets[dataset]
-    if cfg.download is not None or not cfg.images:
-        return None
-    path = Path(cfg.images)
-    path = (path if path.is_absolute() else params.root / path).resolve()
-    for other, ocfg in params.datasets.items():
-        folder = (params.path("data") / f"{other}-images").resolve()
-        if other != dataset and ocfg.download is not None and folder == path:
-            return other
-    return None
-
-
-def _dataset_code(source: str) -> tuple[str, ...]:
-    from pipelines.data import REAL_DATASETS
-
-    module = REAL_DATASETS.get(source, source)
-    extra: tuple[str, ...] = ()
-    if source == "iconworld":
-        extra = (
-            "pipelines/data/iconworld_vocab.py",
-            "pipelines/data/reference_lists/iconworld/wordnet.json",
-        )
-    if source == "coco":  # coco_all.py reads the instances files with coco.py's reader
-        extra = ("pipelines/data/coco.py",)
-    return (f"pipelines/data/{module}.py", "pipelines/data/prepared.py", *extra)
-
-
-def build_graph(params: Params) -> dict[str, Stage]:
-    """All stages needed by the tables of params.yaml, topologically ordered."""
-    stages: dict[str, Stage] = {}
-
-    def add(stage: Stage) -> str:
-        stages.setdefault(stage.name, stage)
-        return stage.name
-
-    def dataset_stage(ds: str) -> str:
-        cfg = params.datasets[ds]
-        extra = (cfg.release_dir,) if cfg.release_dir else ()
-        return add(
-            Stage(
-                "dataset",
-                (ds,),
-                (),
-                _rel(params, "data", ds),
-                (f"datasets.{ds}.source", f"datasets.{ds}.options", f"datasets.{ds}.release_dir"),
-                (*LIBRARY_CODE, *_dataset_code(cfg.source)),
-                extra,
-            )
-        )
-
-    def backbone_stage(bb: str) -> str | None:
-        cfg = params.backbones[bb]
-        if cfg.weights != "pretrain":
-            return None
-        assert cfg.pretrain is not None
-        up = dataset_stage(cfg.pretrain.dataset)
-        return add(
-            Stage(
-                "backbone",
-                (bb,),
-                (up,),
-                _rel(params, "models", bb),
-                ("seed", f"backbones.{bb}"),
-                (
-                    *LIBRARY_CODE,
-                    *(LIT_CODE if cfg.pretrain.recipe == "lit" else ("pipelines/vlp/pretrain.py",)),
-                    "pipelines/vlp/backbone.py",
-                    f"pipelines/vlp/model_configs/{cfg.model}.json",
-                ),
-            )
-        )
-
-    def images_stage(ds: str) -> str | None:
-        if params.datasets[ds].download is None:
-            other = download_owner(params, ds)  # `images:` = another entry's downloads
-            return images_stage(other) if other is not None else None
-        return add(
-            Stage(
-                "images",
-                (ds,),
-                (dataset_stage(ds),),
-                _rel(params, "data", f"{ds}-images"),
-                (f"datasets.{ds}.download",),
-                ("pipelines/data/download.py",),
-            )
-        )
-
-    def features_stage(ds: str, bb: str) -> str:
-        ups = [dataset_stage(ds)]
-        for up in (images_stage(ds), backbone_stage(bb)):
-            if up is not None:
-                ups.append(up)
-        return add(
-            Stage(
-                "features",
-                (ds, bb),
-                tuple(ups),
-                _rel(params, "features", ds, bb),
-                (
-                    f"backbones.{bb}.model",
-                    f"backbones.{bb}.weights",
-                    f"backbones.{bb}.quick_gelu",
-                    f"datasets.{ds}.images",
-                    f"datasets.{ds}.transform",
-                    *_written(params, f"datasets.{ds}.features.patches"),
-                ),
-                (
-                    *LIBRARY_CODE,
-                    "pipelines/vlp/features.py",
-                    "pipelines/vlp/backbone.py",
-                    "pipelines/data/images.py",
-                ),
-            )
-        )
-
-    def corpus_stage(ds: str, name: str) -> str:
-        released = getattr(params.corpora[name], "released", None)  # a file read, not asked
-        return add(
-            Stage(
-                "corpus",
-                (ds, name),
-                (dataset_stage(ds),),
-                _rel(params, "data", "corpora", ds, name),
-                (f"corpora.{name}",),
-                TEXT_CODE,
-                (released,) if released else (),
-            )
-        )
-
-    def relations_stage(ds: str, bb: str, spec) -> str:
-        ups = [dataset_stage(ds)]
-        if (b := backbone_stage(bb)) is not None:
-            ups.append(b)
-        if spec.source == "llm":
-            ups.append(corpus_stage(ds, spec.corpus))
-        return add(
-            Stage(
-                "relations",
-                (ds, bb, spec.name),
-                tuple(ups),
-                _rel(params, "data", "relations", ds, bb, spec.name),
-                (f"backbones.{bb}.model", f"backbones.{bb}.weights"),
-                (*LIBRARY_CODE, *RELATIONS_CODE),
-            )
-        )
-
-    for name, corpus in params.corpora.items():  # corpora asked for by name
-        for ds in corpus.datasets:
-            if ds not in params.datasets:
-                raise ValueError(f"corpora.{name}.datasets: unknown dataset {ds!r}")
-            corpus_stage(ds, name)
-    for ds, cfg in params.datasets.items():  # every configured release gets its stages
-        if cfg.release_dir is not None:
-            dataset_stage(ds)
-            images_stage(ds)
-    for ds, var in params.cells:
-        bb = params.backbone_for(ds, var)
-        ups = [dataset_stage(ds), features_stage(ds, bb)]
-        if (b := backbone_stage(bb)) is not None:
-            ups.append(b)
-        base, seed = split_seed(var)  # a seeded cell (qks@s1) reads its own seed, not `seed`
-        method = params.variants[base].method
-        ups += [corpus_stage(ds, name) for name in _cell_corpora(params, base).values()]
-        if (rel := _cell_relations(params, base)) is not None:  # one graph, shared by cells
-            ups.append(relations_stage(ds, bb, rel))
-        add(
-            Stage(
-                "cell",
-                (ds, var),
-                tuple(ups),
-                _rel(params, "results", "cells", ds, var),
-                (
-                    *(("seed",) if seed is None else ()),
-                    f"variants.{base}",
-                    f"datasets.{ds}.eval",
-                    *_written(params, f"datasets.{ds}.features.mode"),
-                ),
-                (
-                    *LIBRARY_CODE,
-                    "pipelines/cells.py",
-                    "pipelines/evaluate.py",
-                    "pipelines/metrics.py",
-                    "pipelines/methods/base.py",
-                    "pipelines/vlp/prompts.py",
-                    *_method_code(method),
-                ),
-            )
-        )
-    for name, tab in params.tables.items():
-        ups = tuple(f"cell@{ds}@{row}" for ds, row in params.table_cells(name))
-        published = (f"pipelines/published/{tab.paper.split('/')[0]}.yaml",) if tab.paper else ()
-        add(
-            Stage(
-                "table",
-                (name,),
-                ups,
-                _rel(params, "results", "tables", name),
-                (f"tables.{name}",),
-                (*LIBRARY_CODE, "pipelines/tables.py", *published),
-            )
-        )
-    if params.tables:  # the report: every table, reproduced beside published (pipelines/report.py)
-        add(
-            Stage(
-                "report",
-                ("all",),
-                tuple(f"table@{name}" for name in params.tables),
-                _rel(params, "results", "report"),
-                ("tables",),
-                (
-                    *LIBRARY_CODE,
-                    "pipelines/report.py",
-                    "pipelines/plan.py",
-                    "pipelines/metrics.py",
-                    *(f"pipelines/published/{p}.yaml" for p in _papers()),
-                ),
-            )
-        )
-    for name, agr in params.agreement.items():
-        ups = tuple(f"cell@{agr.dataset}@{seeded(v, s)}" for v in agr.variants() for s in agr.seeds)
-        add(
-            Stage(
-                "agreement",
-                (name,),
-                ups,
-                _rel(params, "results", "agreement", name),
-                (f"agreement.{name}",),
-                (*LIBRARY_CODE, "pipelines/agreement.py"),
-            )
-        )
-    return _toposort(stages)
-
-
-def _papers() -> tuple[str, ...]:
-    from pipelines.published import PAPERS
-
-    return PAPERS
-
-
-TEXT_CODE = (
-    "pipelines/text/config.py",
-    "pipelines/text/corpora.py",
-    "pipelines/text/prompts.py",
-    "pipelines/text/offline.py",
-    "pipelines/text/knowledge.py",
-    "pipelines/text/providers.py",
-    "pipelines/text/cache.py",
-    "pipelines/text/released.py",
+from pipelines.config import REPO_ROOT, Params
+from pipelines.io import is_main_process, write_json
+from pipelines.stages.kinds import KINDS, stage_kind
+from pipelines.stages.spec import (  # noqa: F401 (re-exported: the graph's names)
+    LIBRARY_CODE,
+    LIT_CODE,
+    STAMP,
+    TEXT_CODE,
+    Stage,
+)
+from pipelines.workspace import (  # noqa: F401 (re-exported)
+    check_outputs,
+    download_owner,
+    hash_outputs,
+    outputs_digest,
+    read_stage_record,
 )
 
 
-def _cell_corpora(params: Params, variant: str) -> dict[str, str]:
-    from pipelines.text.config import cell_corpora
+def build_graph(params: Params) -> dict[str, Stage]:
+    """All stages needed by the tables of params.yaml, topologically ordered.
 
-    return cell_corpora(params, variant)
+    Each kind's module (pipelines/stages/kinds.py) asks for the stages params wants and
+    declares each one, with its upstream stages through ``need``; this function only
+    collects them (the first declaration of a name wins) and orders them."""
+    stages: dict[str, Stage] = {}
 
+    def need(kind: str, *key: str) -> str | None:
+        stage = stage_kind(kind).declare(params, key, need)
+        if stage is None:
+            return None
+        stages.setdefault(stage.name, stage)
+        return stage.name
 
-def _cell_relations(params: Params, variant: str):
-    from pipelines.relations import cell_relations
-
-    return cell_relations(params, variant)
-
-
-def _method_code(method: str) -> tuple[str, ...]:
-    return (f"pipelines/methods/{method}.py", *method_code_deps(method))
+    for module in KINDS.values():
+        module.request(params, need)
+    return _toposort(stages)
 
 
 def _toposort(stages: dict[str, Stage]) -> dict[str, Stage]:
@@ -381,12 +108,6 @@ def upstream(graph: dict[str, Stage], targets: Iterable[str]) -> list[str]:
     for t in targets:
         visit(t)
     return [n for n in graph if n in need]
-
-
-def _written(params: Params, key: str) -> tuple[str, ...]:
-    """``(key,)`` when the params file spells it out, else ``()``: a key added with a
-    default leaves the fingerprints of files that do not use it unchanged."""
-    return (key,) if params.has_key(key) else ()
 
 
 # ------------------------------------------------------------------------ fingerprints
@@ -440,11 +161,7 @@ def fingerprint(params: Params, graph: dict[str, Stage], name: str) -> str:
 
 def read_record(params: Params, graph: dict[str, Stage], name: str) -> dict[str, Any] | None:
     """The stage record ``<out>/.ovml-stage.json`` of ``name`` (None if absent or unreadable)."""
-    try:
-        rec = read_json(params.root / graph[name].out / STAMP)
-    except (OSError, ValueError):
-        return None
-    return rec if isinstance(rec, dict) else None
+    return read_stage_record(params.root, graph[name].out)
 
 
 def recorded_outputs_digest(params: Params, graph: dict[str, Stage], name: str) -> str:
@@ -453,67 +170,6 @@ def recorded_outputs_digest(params: Params, graph: dict[str, Stage], name: str) 
     its dependants stale in every view (CLI, DVC, Dagster), and one whose files came out
     byte-identical leaves them fresh."""
     return outputs_digest(read_record(params, graph, name))
-
-
-def outputs_digest(record: dict[str, Any] | None) -> str:
-    """One hash of the ``(relpath, sha256)`` pairs a stage record holds ("none" without
-    one): byte-identical outputs give the same digest whatever their mtimes. Dagster's
-    data version of the stage's asset."""
-    outputs = record.get("outputs") if record else None
-    if not isinstance(outputs, dict):
-        return "none"
-    pairs = sorted(
-        (k, v.get("sha256") if isinstance(v, dict) else None) for k, v in outputs.items()
-    )
-    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()
-
-
-def _output_files(out_dir: Path) -> list[Path]:
-    """Every regular file under a stage's output (the record itself excluded)."""
-    if out_dir.is_file():
-        return [out_dir]
-    if not out_dir.is_dir():
-        return []
-    return sorted(p for p in out_dir.rglob("*") if p.is_file() and p.name != STAMP)
-
-
-def hash_outputs(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """``{relpath: {"size", "mtime_ns", "sha256"}}`` of every file a stage left in its folder."""
-    from pipelines.io import sha256_file
-
-    files: dict[str, dict[str, Any]] = {}
-    for path in _output_files(out_dir):
-        st = path.stat()
-        rel = path.name if out_dir.is_file() else str(path.relative_to(out_dir))
-        files[rel] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256_file(path)}
-    return files
-
-
-def check_outputs(
-    out_dir: Path, outputs: dict[str, Any], *, deep: bool = False
-) -> list[tuple[str, str]]:
-    """Files of ``out_dir`` that differ from a record's ``outputs``: ``[(relpath, why)]``.
-
-    Fast path: a file whose size and mtime_ns match the record is taken as unchanged; a
-    file whose mtime moved (a copy, a ``touch``) is hashed, and only a different sha256
-    counts. ``deep`` hashes every file whatever its mtime.
-    """
-    from pipelines.io import sha256_file
-
-    bad: list[tuple[str, str]] = []
-    for rel, want in outputs.items():
-        path = out_dir if out_dir.is_file() else out_dir / rel
-        if not path.is_file():
-            bad.append((rel, "missing"))
-            continue
-        st = path.stat()
-        if st.st_size != want.get("size"):
-            bad.append((rel, f"changed (size {want.get('size')} -> {st.st_size} bytes)"))
-            continue
-        moved = deep or st.st_mtime_ns != want.get("mtime_ns")
-        if moved and sha256_file(path) != want.get("sha256"):
-            bad.append((rel, "changed (content differs from the record's sha256)"))
-    return bad
 
 
 def stage_status(
@@ -633,65 +289,6 @@ def write_stamp(
             "run_id": run_id or current_run_id(),
         },
     )
-
-
-def run_stages(
-    params: Params,
-    targets: Iterable[str],
-    runner: Callable[[Params, Stage], Any],
-    *,
-    force: bool = False,
-    on_event: Callable[[str, str], None] = lambda name, what: None,
-    force_only: Iterable[str] = (),
-    on_stale: Callable[[str, str], None] = lambda name, reason: None,
-    on_dvc_lock: Callable[[Any], None] | None = None,
-) -> list[str]:
-    """Run targets and their upstream stages in order, skipping fresh ones. Returns ran stages.
-
-    ``force`` reruns every stage; ``force_only`` reruns just the stages it names (their
-    dependants rerun when its outputs changed, as for any stage that ran: a stage is
-    checked after its upstream stages have run and recorded their outputs).
-    ``on_stale(name, reason)`` says why a stage that was not forced runs.
-
-    In a DVC workspace, every stage that ran or was reused is then committed to
-    ``dvc.lock`` (also when a later stage failed), so that ``dvc repro`` finds it up to
-    date (:func:`pipelines.dvc_lock.sync_dvc_lock`; ``on_dvc_lock`` gets its result)."""
-    graph = build_graph(params)
-    forced = set(force_only)
-    ran: list[str] = []
-    done: list[str] = []
-    try:
-        for name in upstream(graph, targets):
-            if not (force or name in forced):
-                fresh, reason = stage_status(params, graph, name)
-                if fresh:
-                    on_event(name, "fresh")
-                    done.append(name)
-                    continue
-                on_stale(name, reason)
-            on_event(name, "run")
-            inputs = stage_inputs(params, graph, name)
-            runner(params, graph[name])
-            write_stamp(params, graph, name, inputs=inputs)
-            ran.append(name)
-            done.append(name)
-    finally:
-        _sync_dvc_lock(params, done, on_dvc_lock)
-    return ran
-
-
-def _sync_dvc_lock(
-    params: Params, names: list[str], report: Callable[[Any], None] | None = None
-) -> None:
-    import logging
-
-    from pipelines.dvc_lock import sync_dvc_lock
-
-    result = sync_dvc_lock(params, names)
-    if report is not None:
-        report(result)
-    elif result.warning:
-        logging.getLogger(__name__).warning(result.warning)
 
 
 # -------------------------------------------------------------------------------- dvc

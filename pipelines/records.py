@@ -1,14 +1,14 @@
 """Stage records: what a stage run leaves behind, whichever view ran it (CLI, DVC, Dagster).
 
-The record is the stamp file ``<out>/.ovml-stage.json`` written by
-:func:`pipelines.graph.write_stamp`::
+The record is the stamp file ``<out>/.ovml-stage.json`` (format: pipelines/stages/spec.py)
+written by :func:`pipelines.graph.write_stamp`::
 
     {"stage", "fingerprint", "code_version", "inputs": {upstream: output digest},
      "outputs": {...}, "metadata": {...},
      "finished_at": iso8601, "view": "cli" | "dvc" | "dagster", "run_id": str | null}
 
 This module owns ``metadata`` (:func:`stage_metadata`, the one function every view uses
-to describe a stage's output), ``view`` (:func:`current_view`) and ``run_id``. The
+to describe a stage's output, from each kind's ``describe``), ``view`` (:func:`current_view`) and ``run_id``. The
 Dagster side (dagster_project/records.py) turns a record into an asset materialisation,
 so what the CLI or ``dvc repro`` built shows in the Dagster UI with the same metadata.
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -66,102 +65,20 @@ def current_view() -> str:
     return "cli"
 
 
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def stage_metadata(root: Path, kind: str, out: str) -> dict[str, Any]:
-    """Describe a stage's output folder ``root / out`` (``kind`` is the stage kind)."""
+    """Describe a stage's output folder ``root / out``: its path, and what its kind's
+    module says of it (``describe``, pipelines/stages/<kind>.py)."""
+    from pipelines.stages.kinds import stage_kind
+
     folder = root / out
     meta: dict[str, Any] = {"path": {"type": "path", "value": str(folder)}}
-    if kind == "dataset":
-        info = _read(folder / "meta.json")
-        meta.update({f"n_{k}": v for k, v in info.get("counts", {}).items()})
-        meta.update({"n_seen": info.get("n_seen"), "n_unseen": info.get("n_unseen")})
-    elif kind == "backbone":
-        info = _read(folder / "open_clip_config.json").get("ovml", {})
-        losses = info.get("epoch_losses", [])
-        meta.update(
-            {
-                "epochs": len(losses) or None,
-                "final_loss": losses[-1] if losses else None,
-                "seconds": info.get("seconds"),
-                "mlflow_run_id": info.get("mlflow_run_id"),
-                "mlflow_experiment_id": info.get("mlflow_experiment_id"),
-            }
-        )
-        towers = _read(folder / "towers.json")  # packaged towers (pipelines/vlp/towers.py)
-        for side in ("image", "text"):
-            if side in towers:
-                src = towers[side]
-                meta[f"{side} tower"] = f"{src.get('package')}=={src.get('version')}"
-                for rel, digest in src.get("sha256", {}).items():
-                    meta[f"{side} sha256 {rel}"] = digest
-    elif kind == "features" and folder.is_dir():
-        for split_dir in sorted(p for p in folder.iterdir() if (p / "index.json").exists()):
-            idx = _read(split_dir / "index.json")
-            meta[f"n_{split_dir.name}"] = idx.get("n")
-            meta["dim"], meta["n_patches"] = idx.get("dim"), idx.get("n_patches")
-    elif kind == "corpus" and folder.is_dir():
-        from pipelines.text import dagster_metadata
-
-        meta.update(dagster_metadata(folder, lambda text: {"type": "md", "value": text}))
-    elif kind == "relations" and folder.is_dir():
-        from pipelines.relations import stage_metadata as relations_metadata
-
-        meta.update(relations_metadata(folder))
-    elif kind == "cell":
-        m = _read(folder / "metrics.json")
-        for task in ("zsl", "gzsl"):
-            for k, v in m.get(task, {}).items():
-                meta[f"{task} {k}"] = float(v)
-        info = m.get("meta", {})
-        for k in ("method", "backbone", "seconds_fit", "seconds_predict"):
-            meta[k] = info.get(k)
-        meta["mlflow_run_id"] = info.get("mlflow_run_id")
-        meta["mlflow_experiment_id"] = info.get("mlflow_experiment_id")
-        graph = (info.get("fit") or {}).get("relation_graph")  # C2SRT's IST graph
-        if graph:
-            hood = "\n".join(f"- {k} <- {', '.join(v)}" for k, v in graph["neighbourhoods"].items())
-            meta["relation_graph"] = {
-                "type": "md",
-                "value": f"{graph['n_edges']} edges; in-degree {graph['in_degree_histogram']}; "
-                f"out-degree of seen labels {graph['out_degree_histogram']}\n\n{hood}",
-            }
-    elif kind == "table":
-        tab = _read(folder / "table.json")
-        if tab:
-            meta["table"] = {"type": "table", "columns": _table_columns(tab), "rows": _rows(tab)}
-            meta["missing cells"] = len(tab.get("missing", []))
-            for r in tab.get("rows", []):  # numbers for the asset's Plots tab
-                if r.get("mAP") is not None:
-                    meta[f"{r['dataset']}/{r['variant']} {r['task']} mAP"] = float(r["mAP"])
-        if (folder / "mAP.png").exists():
-            meta["plot"] = {"type": "image", "value": str(folder / "mAP.png")}
-        if (folder / "table.md").exists():
-            meta["table.md"] = {"type": "path", "value": str(folder / "table.md")}
+    meta.update(stage_kind(kind).describe(folder))
     return {k: v for k, v in meta.items() if v is not None}
-
-
-def _table_columns(tab: dict[str, Any]) -> list[str]:
-    return ["dataset", "variant", "task", *tab.get("columns", [])]
-
-
-def _rows(tab: dict[str, Any]) -> list[dict[str, Any]]:
-    cols = _table_columns(tab)
-    return [
-        {c: round(r[c], 2) if isinstance(r.get(c), float) else r.get(c) for c in cols}
-        for r in tab.get("rows", [])
-    ]
 
 
 def load_record(root: Path, out: str) -> dict[str, Any] | None:
     """The stage record in ``root / out``, or None (no run yet, or unreadable)."""
-    from pipelines.graph import STAMP
+    from pipelines.stages.spec import STAMP, read_json_dict
 
-    rec = _read(root / out / STAMP)
+    rec = read_json_dict(root / out / STAMP)
     return rec if rec.get("fingerprint") else None

@@ -49,6 +49,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.stages.spec import RELATIONS_CODE  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -58,7 +60,6 @@ RELATIONS_KIND = "category-relations"  # the corpus kind the llm source reads
 RANDOM_GRAPH_SEED = 0
 GRAPH_FILE = "graph.npz"
 SUMMARY_FILE = "summary.json"
-RELATIONS_CODE = ("pipelines/relations.py", "pipelines/vlp/prompts.py", "pipelines/vlp/backbone.py")
 _FIELDS = ("relations", "n_related", "ist", "corpus")  # the Config fields that pick a graph
 _NAME = re.compile(r"^(?P<src>llm(?:-(?P<corpus>.+))?|random|similarity|cooccurrence)-n(?P<n>\d+)$")
 
@@ -101,7 +102,7 @@ def _config_defaults(method: str) -> dict[str, Any]:
     """Literal defaults of the method's ``Config`` fields, read with ``ast`` (no import)."""
     import ast
 
-    from pipelines.config import ConfigError, _module_ast, module_constants
+    from pipelines.config_core import ConfigError, _module_ast, module_constants
 
     path, tree = _module_ast(method)
     consts = module_constants(tree)
@@ -324,10 +325,10 @@ def build_relations(
     """Build one graph stage (the single entry point of CLI, DVC and Dagster)."""
     import numpy as np
 
-    from pipelines.cells import load_backbone
     from pipelines.data.prepared import PreparedDataset
     from pipelines.io import atomic_path, write_json
     from pipelines.vlp.prompts import label_embeddings
+    from pipelines.workspace import load_backbone
 
     spec = RelationSpec.parse(name)
     ds = PreparedDataset.load(params.path("data") / dataset)

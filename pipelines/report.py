@@ -217,7 +217,7 @@ def _cell_status(
     params: Params, ds: str, variant: str, ev: CellEval | None, analogue: bool | None
 ) -> str:
     """analogue: True (toyworld stands for a paper row), False (reproduced), None (ours)."""
-    from pipelines.plan import cell_needs
+    from pipelines.needs import cell_needs
 
     if ev is not None:
         seeds = f", {ev.seeds} seeds" if ev.seeds > 1 else ""

@@ -75,9 +75,8 @@ def tiny_params_dict() -> dict:
 @pytest.fixture(scope="session")
 def tiny_workspace(tmp_path_factory) -> Path:
     """A tiny workspace whose demo graph has been run once (shared, read-only for tests)."""
-    from pipelines.cells import run_stage
     from pipelines.config import load_params
-    from pipelines.graph import run_stages
+    from pipelines.runner import run_stage, run_stages
 
     root = tmp_path_factory.mktemp("tiny")
     path = write_params(root, TINY_PARAMS)

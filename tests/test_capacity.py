@@ -80,8 +80,8 @@ def test_a_tiny_node_is_flagged_with_the_stage_its_need_and_the_limit(tmp_path):
 
 def test_a_stage_checks_the_node_when_it_starts_before_writing_anything(tmp_path, tiny_params_dict):
     from pipelines.capacity import CapacityError
-    from pipelines.cells import run_stage
     from pipelines.graph import build_graph
+    from pipelines.runner import run_stage
 
     tiny_params_dict["cluster"] = {"node": {"memory": "100MB"}}
     params = load_params(write_params(tmp_path, tiny_params_dict))

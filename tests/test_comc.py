@@ -183,7 +183,8 @@ def comc_params(tmp_path, n_sentences=100):
 
 
 def test_a_corpus_change_reruns_the_corpus_and_its_readers_only(tmp_path):
-    from pipelines.graph import build_graph, dvc_yaml, fingerprint, run_stages
+    from pipelines.graph import build_graph, dvc_yaml, fingerprint
+    from pipelines.runner import run_stages
     from tests.test_graph import deterministic_stage
 
     p1 = comc_params(tmp_path / "a")

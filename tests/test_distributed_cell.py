@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cells import run_stage
 from pipelines.config import load_params
 from pipelines.graph import STAMP, build_graph
+from pipelines.runner import run_stage
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -17,10 +17,10 @@ from pipelines.graph import (
     is_fresh,
     param_values,
     recorded_outputs_digest,
-    run_stages,
     stage_status,
     upstream,
 )
+from pipelines.runner import run_stages
 from tests.conftest import REPO, write_params
 
 

@@ -58,10 +58,10 @@ def test_download_stage_chunks_feed_features_and_cells(tmp_path, tiny_params_dic
     features of the images that exist -> a cell evaluated on those images only."""
     from fault_server import FaultServer
 
-    from pipelines.cells import run_stage
     from pipelines.config import load_params
     from pipelines.data.prepared import Label, LabelSpace, PreparedDataset, Split
-    from pipelines.graph import build_graph, run_stages
+    from pipelines.graph import build_graph
+    from pipelines.runner import run_stage, run_stages
     from tests.conftest import write_params
 
     with FaultServer() as srv:

@@ -7,10 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.cells import load_cell_scores, run_stage
+from pipelines.cells import load_cell_scores
 from pipelines.config import load_params
-from pipelines.graph import build_graph, is_fresh, run_stages
+from pipelines.graph import build_graph, is_fresh
 from pipelines.metrics import mean_average_precision
+from pipelines.runner import run_stage, run_stages
 
 
 def test_cells_write_the_metrics_contract(tiny_workspace):

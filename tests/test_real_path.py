@@ -14,12 +14,11 @@ import pytest
 import yaml
 from safetensors.torch import save_file
 
-from pipelines.cells import run_stage
 from pipelines.config import load_params
 from pipelines.data import reference
-from pipelines.graph import run_stages
 from pipelines.plan import plan
 from pipelines.report import build_report
+from pipelines.runner import run_stage, run_stages
 from pipelines.vlp.backbone import register_model_configs
 from tests.conftest import REPO
 from tests.fault_server import FaultServer

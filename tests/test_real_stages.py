@@ -7,9 +7,9 @@ import json
 
 import yaml
 
-from pipelines.cells import run_stage
 from pipelines.config import load_params
-from pipelines.graph import build_graph, dvc_yaml, run_stages
+from pipelines.graph import build_graph, dvc_yaml
+from pipelines.runner import run_stage, run_stages
 from tests.conftest import write_params
 from tests.release_fixtures import build_nus_wide
 

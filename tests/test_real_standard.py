@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.cells import run_stage
 from pipelines.config import EvalConfig, TableConfig, load_params
 from pipelines.data import reference
 from pipelines.data.prepared import PreparedDataset
 from pipelines.evaluate import evaluate_scores, task_columns
-from pipelines.graph import run_stages
 from pipelines.io import load_npz
 from pipelines.metrics import mean_average_precision, precision_recall_f1_at_k
 from pipelines.report import build_report
+from pipelines.runner import run_stage, run_stages
 from tests.fault_server import FaultServer
 from tests.test_real_path import real_grid_raw
 

@@ -219,7 +219,8 @@ def test_dagster_staleness_agrees_with_ovml_list(tmp_path, tiny_params_dict, mon
     from dagster_project.definitions import build_definitions
     from dagster_project.records import reconcile
     from pipelines.config import load_params
-    from pipelines.graph import build_graph, run_stages, stage_status
+    from pipelines.graph import build_graph, stage_status
+    from pipelines.runner import run_stages
     from tests.conftest import write_params
     from tests.test_graph import _copy_of_the_code, deterministic_stage
 

@@ -58,8 +58,9 @@ def test_spec_follows_the_variant_and_the_method_defaults(tmp_path):
 
 
 def test_graph_stage_is_built_once_reused_and_has_the_in_degree(tmp_path, tiny_workspace):
-    from pipelines.cells import make_context, run_stage
-    from pipelines.graph import build_graph, dvc_yaml, run_stages
+    from pipelines.cells import make_context
+    from pipelines.graph import build_graph, dvc_yaml
+    from pipelines.runner import run_stage, run_stages
 
     root = tmp_path / "ws"
     root.mkdir()

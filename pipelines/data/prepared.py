@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.data.split import SparseLabels, Split
 from pipelines.io import clean_stale_tmp, load_npz, owner_tag, read_json, save_npz, write_json
 
 SPLITS = ("train", "test")
@@ -128,25 +129,6 @@ class LabelSpace:
 
 
 @dataclass
-class Split:
-    image_ids: np.ndarray  # unicode array (N,)
-    labels: np.ndarray  # int8 (N, S+U), or a SparseLabels for a split stored sparsely
-
-    def __post_init__(self) -> None:
-        if self.labels.ndim != 2 or len(self.image_ids) != self.labels.shape[0]:
-            raise ValueError(
-                f"labels shape {self.labels.shape} does not match {len(self.image_ids)} image ids"
-            )
-        if not isinstance(self.labels, np.ndarray):  # SparseLabels: validated on construction
-            return
-        if self.labels.dtype != np.int8:
-            raise TypeError(f"labels must be int8, got {self.labels.dtype}")
-        bad = ~np.isin(self.labels, (-1, 0, 1))
-        if bad.any():
-            raise ValueError("labels must only contain -1, 0 and +1")
-
-
-@dataclass
 class PreparedDataset:
     name: str
     label_space: LabelSpace
@@ -229,8 +211,6 @@ class PreparedDataset:
                     ) from None
             elif (root / f"{split_name}_sparse.npz").exists():
                 # too large to be dense (Open Images train): rows are made dense on access
-                from pipelines.data.sparse_labels import SparseLabels
-
                 sparse = SparseLabels.load(root / f"{split_name}_sparse.npz")
                 splits[split_name] = Split(sparse.image_ids, sparse)
         manifest = None

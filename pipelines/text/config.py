@@ -147,7 +147,7 @@ def cell_corpora(params, variant: str) -> dict[str, str]:
 
     Computed without importing the method (:func:`pipelines.config.method_corpora`), so
     the graph, and Dagster's definitions, stay free of torch."""
-    from pipelines.config import method_corpora, split_seed
+    from pipelines.config_core import method_corpora, split_seed
 
     var = params.variants[split_seed(variant)[0]]
     declared = method_corpora(var.method)
@@ -166,7 +166,7 @@ def cell_corpora(params, variant: str) -> dict[str, str]:
 def require_corpus(params, variant: str, name: str, kind: str, mismatch: str) -> None:
     """ConfigError unless corpus ``name`` is declared under ``corpora:`` with ``kind``;
     ``mismatch`` ends the message when the kind differs (who reads it, as what)."""
-    from pipelines.config import ConfigError
+    from pipelines.config_core import ConfigError
 
     if name not in params.corpora:
         raise ConfigError(

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
+from pipelines.vlp.pretrain import contrastive_train
 from pipelines.vlp.towers import build_tower_clip, save_aligned
 
 
@@ -166,51 +166,30 @@ def align_lit(
         p.requires_grad_(True)
     decay = [p for p in trained if p.ndim >= 2]
     no_decay = [p for p in trained if p.ndim < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0}],
-        lr=lr,
-        betas=(0.9, 0.98),
-        eps=1e-6,
-    )
     n = len(images)
-    steps_per_epoch = max(1, n // batch_size)
-    total = epochs * steps_per_epoch
 
-    def lr_at(step: int) -> float:
-        if step < warmup_steps:
-            return lr * (step + 1) / warmup_steps
-        t = (step - warmup_steps) / max(1, total - warmup_steps)
-        return lr * 0.5 * (1 + math.cos(math.pi * t))
+    def batch_outputs(idx: np.ndarray):
+        caps = [int(cap_idx[i][rng.integers(len(cap_idx[i]))]) for i in idx]
+        img_f = F.normalize(img_proj(suffix(img_in[idx].to(dev))), dim=-1)
+        txt_f = F.normalize(txt_proj(txt_in[caps].to(dev)), dim=-1)
+        return img_f, txt_f, clip.logit_scale.exp()
 
-    loss_fn = ClipLoss()
-    losses: list[float] = []
-    step = 0
-    bar = tqdm(total=total, desc=f"LiT alignment ({model_name})", disable=not progress)
-    for epoch in range(epochs):
-        order = rng.permutation(n)
-        epoch_loss = 0.0
-        for b in range(steps_per_epoch):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            caps = [int(cap_idx[i][rng.integers(len(cap_idx[i]))]) for i in idx]
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step)
-            x_img = suffix(img_in[idx].to(dev))
-            img_f = F.normalize(img_proj(x_img), dim=-1)
-            txt_f = F.normalize(txt_proj(txt_in[caps].to(dev)), dim=-1)
-            loss = loss_fn(img_f, txt_f, clip.logit_scale.exp())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                clip.logit_scale.clamp_(0, math.log(100))
-            epoch_loss += loss.item()
-            step += 1
-            bar.update(1)
-        losses.append(epoch_loss / steps_per_epoch)
-        bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}")
-        if on_epoch is not None:
-            on_epoch(epoch, losses[-1])
-    bar.close()
+    losses = contrastive_train(
+        batch_outputs,
+        decay,
+        no_decay,
+        clip.logit_scale,
+        n=n,
+        rng=rng,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        desc=f"LiT alignment ({model_name})",
+        progress=progress,
+        on_epoch=on_epoch,
+    )
     for p in clip.parameters():
         p.requires_grad_(False)
     seconds = time.time() - start

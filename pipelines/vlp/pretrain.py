@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,6 +60,68 @@ def pretrain_clip(
     no_decay = [
         p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)
     ]
+    n = len(images)
+
+    def batch_outputs(idx: np.ndarray):
+        idx = np.sort(idx)
+        batch = np.asarray(images[idx])
+        flip = rng.random(len(idx)) < 0.5
+        batch[flip] = batch[flip, :, ::-1]
+        texts = [captions[i][int(rng.integers(len(captions[i])))] for i in idx]
+        return model(bb.uint8_to_tensor(batch), bb.tokenize(texts))[:3]
+
+    start = time.time()
+    losses = contrastive_train(
+        batch_outputs,
+        decay,
+        no_decay,
+        model.logit_scale,
+        n=n,
+        rng=rng,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_steps=warmup_steps,
+        desc="pre-training tiny CLIP",
+        progress=progress,
+        on_epoch=on_epoch,
+    )
+    model.eval()
+    seconds = time.time() - start
+    save_open_clip_dir(
+        model,
+        model_name,
+        out_dir,
+        extra={"ovml": {"epoch_losses": losses, "seconds": seconds, "n_images": n}},
+    )
+    return PretrainResult(losses, seconds, n)
+
+
+def contrastive_train(
+    batch_outputs: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    decay: list[torch.nn.Parameter],
+    no_decay: list[torch.nn.Parameter],
+    logit_scale: torch.nn.Parameter,
+    *,
+    n: int,
+    rng: np.random.Generator,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    desc: str,
+    progress: bool = True,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """CLIP's contrastive training loop, shared by the tiny CLIP's pre-training and LiT's
+    alignment (pipelines/vlp/lit.py): AdamW (betas 0.9/0.98, eps 1e-6; weight decay on
+    ``decay`` only), linear warm-up then cosine decay of the learning rate, CLIP's
+    symmetric InfoNCE loss (open_clip's ``ClipLoss``) on ``batch_outputs(idx)`` =
+    ``(image features, text features, logit scale)`` of the images ``idx`` (a fresh
+    permutation of ``n`` each epoch), ``logit_scale`` clamped to [0, log 100] after each
+    step as in CLIP. Returns the mean loss of each epoch."""
     opt = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": weight_decay},
@@ -68,7 +131,6 @@ def pretrain_clip(
         betas=(0.9, 0.98),
         eps=1e-6,
     )
-    n = len(images)
     steps_per_epoch = max(1, n // batch_size)
     total = epochs * steps_per_epoch
 
@@ -80,27 +142,21 @@ def pretrain_clip(
 
     loss_fn = ClipLoss()
     losses: list[float] = []
-    start = time.time()
     step = 0
-    bar = tqdm(total=total, desc="pre-training tiny CLIP", disable=not progress)
+    bar = tqdm(total=total, desc=desc, disable=not progress)
     for epoch in range(epochs):
         order = rng.permutation(n)
         epoch_loss = 0.0
         for b in range(steps_per_epoch):
-            idx = np.sort(order[b * batch_size : (b + 1) * batch_size])
-            batch = np.asarray(images[idx])
-            flip = rng.random(len(idx)) < 0.5
-            batch[flip] = batch[flip, :, ::-1]
-            texts = [captions[i][int(rng.integers(len(captions[i])))] for i in idx]
+            idx = order[b * batch_size : (b + 1) * batch_size]
             for g in opt.param_groups:
                 g["lr"] = lr_at(step)
-            img_f, txt_f, scale = model(bb.uint8_to_tensor(batch), bb.tokenize(texts))[:3]
-            loss = loss_fn(img_f, txt_f, scale)
+            loss = loss_fn(*batch_outputs(idx))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
-                model.logit_scale.clamp_(0, math.log(100))
+                logit_scale.clamp_(0, math.log(100))
             loss_value = loss.item()
             epoch_loss += loss_value
             step += 1
@@ -110,12 +166,4 @@ def pretrain_clip(
         if on_epoch is not None:
             on_epoch(epoch, losses[-1])
     bar.close()
-    model.eval()
-    seconds = time.time() - start
-    save_open_clip_dir(
-        model,
-        model_name,
-        out_dir,
-        extra={"ovml": {"epoch_losses": losses, "seconds": seconds, "n_images": n}},
-    )
-    return PretrainResult(losses, seconds, n)
+    return losses

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.vlp.backbone import Backbone
+from pipelines.vlp.backbone_model import Backbone
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

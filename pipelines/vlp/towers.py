@@ -64,7 +64,7 @@ class TowerError(RuntimeError):
 # ---------------------------------------------------------------------- sources
 def is_tower_model(model: str) -> bool:
     """Whether an open_clip architecture is built from our packaged towers."""
-    from pipelines.vlp.backbone import register_model_configs
+    from pipelines.vlp.backbone_model import register_model_configs
 
     register_model_configs()
     cfg = open_clip.get_model_config(model) or {}
@@ -197,7 +197,7 @@ def imagenet_classifier(timm_name: str = "tf_efficientnet_lite0") -> torch.nn.Mo
 
 # ------------------------------------------------------------------------ build
 def _model_config(model: str, embed_dim: int | None) -> tuple[dict, dict]:
-    from pipelines.vlp.backbone import register_model_configs
+    from pipelines.vlp.backbone_model import register_model_configs
 
     register_model_configs()
     cfg = open_clip.get_model_config(model)
@@ -302,7 +302,7 @@ def create_tower_backbone(
     name: str | None = None,
 ):
     """A :class:`~pipelines.vlp.backbone.Backbone` of the packaged towers (module docstring)."""
-    from pipelines.vlp.backbone import Backbone
+    from pipelines.vlp.backbone_model import Backbone
 
     device = torch.device(device)
     if weights == "none":
