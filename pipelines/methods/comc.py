@@ -119,6 +119,23 @@ def ranking_loss(scores: torch.Tensor, targets: torch.Tensor, margin: float) -> 
     return (F.relu(diff) * pair).sum(dim=(1, 2)).mean()
 
 
+def labelled_sentences(
+    ctx: CellContext, fraction: float = 1.0, kind: str = "comc-sentences"
+) -> tuple[list[str], torch.Tensor, dict[str, Any]]:
+    """The corpus's first ``fraction`` of sentences (by ``index``) and their targets
+    [M, C]: +1 for the labels each sentence was written for, -1 for every other label
+    (§3.1; TaI-DPT reads the same labelled sentences, pipelines/methods/tai_dpt.py)."""
+    df = ctx.corpus(kind)
+    n = max(1, int(round(df.height * fraction)))
+    df = df.sort("index").head(n)
+    texts = df["text"].to_list()
+    y = torch.full((len(texts), ctx.n_labels), -1.0)
+    for i, ids in enumerate(df["label_ids"].to_list()):
+        y[i, ids] = 1.0
+    covered = int((y > 0).any(dim=0).sum())
+    return texts, y, {"sentences": len(texts), "labels_with_sentences": covered}
+
+
 def map_to_text(v: torch.Tensor, s: torch.Tensor, tau: float) -> torch.Tensor:
     """Eq. 4-5: the softmax(sᵀv/τ)-weighted sum of the label embeddings s (C, D)."""
     return torch.softmax(v @ s.T / tau, dim=-1) @ s
@@ -139,16 +156,8 @@ class CoMC(Method):
     def _text_data(self, ctx: CellContext) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """(embeddings [M, D] unit-norm, targets [M, C] ±1) of the corpus sentences; the
         embeddings are cached once per (corpus content, text tower)."""
-        df = ctx.corpus("comc-sentences")
-        n = max(1, int(round(df.height * self.config.corpus_fraction)))
-        df = df.sort("index").head(n)
-        texts = df["text"].to_list()
-        emb = self._embed(ctx, texts)
-        y = torch.full((len(texts), ctx.n_labels), -1.0)
-        for i, ids in enumerate(df["label_ids"].to_list()):
-            y[i, ids] = 1.0
-        covered = int((y > 0).any(dim=0).sum())
-        return emb, y, {"sentences": len(texts), "labels_with_sentences": covered}
+        texts, y, info = labelled_sentences(ctx, self.config.corpus_fraction)
+        return self._embed(ctx, texts), y, info
 
     def _embed(self, ctx: CellContext, texts: list[str]) -> torch.Tensor:
         bb = ctx.backbone

@@ -1,0 +1,96 @@
+"""TaI-DPT: sentences as images (global = the text embedding, local = the projected token
+features, padding masked) against a direct run of the open_clip text tower; the
+double-grained scores against a per-class loop; the prompts learn from text alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.methods.qks import TextTower
+from pipelines.methods.tai_dpt import Config, TaIDPT, caption_features, double_grained_scores
+from tests.test_train import SEEN, UNSEEN, fake_context
+
+
+def test_reference_nus_wide_defaults():
+    cfg = Config()
+    assert (cfg.n_ctx, cfg.logit_scale, cfg.spatial_scale_text, cfg.spatial_scale_image) == (
+        16,
+        4.0,
+        50.0,
+        4.0,
+    )
+    assert (cfg.merge_rate, cfg.rank_scale, cfg.margin) == (0.5, 1.0, 1.0)
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer) == (20, 512, 1e-3, "sgd")
+
+
+def test_text_as_image_batches_match_the_text_tower(tmp_path):
+    """The direct implementation: open_clip's own pieces, run sentence by sentence."""
+    ctx = fake_context(tmp_path)
+    bb = ctx.backbone
+    clip = bb.model
+    texts = ["a photo of a star.", "a red circle and a blue square on the grass", "x"]
+    tokens = bb.tokenize(texts).cpu()
+    glob, loc, mask = caption_features(TextTower(clip, trainable=False), tokens, batch_size=2)
+    with torch.no_grad():
+        want_global = bb.encode_text(texts).float()
+        assert torch.allclose(glob, want_global, atol=1e-5)
+        for i, t in enumerate(tokens):
+            n = int((t != 0).sum())
+            assert mask[i].tolist() == [True] * n + [False] * (mask.shape[1] - n)
+            x = clip.token_embedding(t[None]) + clip.positional_embedding
+            x = clip.ln_final(clip.transformer(x, attn_mask=clip.attn_mask))
+            seq = F.normalize(x[0] @ clip.text_projection, dim=-1)  # every position
+            assert torch.allclose(loc[i, :n].float(), seq[:n], atol=2e-3)
+            # the global feature is the end-of-text position of the same sequence
+            assert torch.allclose(seq[int(t.argmax())], glob[i], atol=1e-5)
+
+
+def test_double_grained_scores_by_hand():
+    g = torch.Generator().manual_seed(0)
+    glob = F.normalize(torch.randn(2, 6, generator=g), dim=-1)
+    loc = F.normalize(torch.randn(2, 5, 6, generator=g), dim=-1)
+    tg = F.normalize(torch.randn(3, 6, generator=g), dim=-1)
+    tl = F.normalize(torch.randn(3, 6, generator=g), dim=-1)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    s_g, s_l = double_grained_scores(glob, loc, tg, tl, 4.0, 50.0, mask)
+    for b in range(2):
+        n = int(mask[b].sum())
+        for c in range(3):
+            assert s_g[b, c].item() == pytest.approx(4.0 * float(glob[b] @ tg[c]), abs=1e-5)
+            cos = loc[b, :n] @ tl[c]
+            w = torch.softmax(50.0 * cos, dim=0)
+            assert s_l[b, c].item() == pytest.approx(4.0 * float((w * cos).sum()), abs=1e-4)
+
+
+def _corpus(names: list[str], n: int = 300, seed: int = 0) -> pl.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        ids = sorted(rng.choice(len(names), rng.integers(1, 4), replace=False).tolist())
+        text = "a photo of " + " and ".join(f"a {names[j]}" for j in ids) + "."
+        rows.append({"index": i, "text": text, "labels": [names[j] for j in ids], "label_ids": ids})
+    return pl.DataFrame(rows)
+
+
+def test_prompts_learn_from_text_alone(tmp_path):
+    ctx = fake_context(tmp_path)
+    ctx.load_corpus = lambda kind: _corpus(list(SEEN + UNSEEN))
+    method = TaIDPT(Config(epochs=4, batch_size=32, lr=1e-2, n_ctx=4, threads=1))
+    before = {k: v.clone() for k, v in TaIDPT(Config(n_ctx=4)).state_dict().items()}
+    assert before == {}
+    summary = method.fit(ctx)
+    losses = summary["epoch_losses"]
+    assert losses[-1] < losses[0], losses
+    assert summary["sentences"] == 300 and summary["labels_with_sentences"] == len(SEEN + UNSEEN)
+    state = method.state_dict()
+    assert set(state) == {"global.context", "local.context"}
+    scores = method.predict(ctx)
+    assert scores.shape == (len(ctx.test_labels), len(SEEN + UNSEEN)) and np.isfinite(scores).all()
+    # the global branch alone: the merge at ρ = 1
+    only_global = TaIDPT(Config(epochs=1, batch_size=32, n_ctx=4, local=False, threads=1))
+    only_global.fit(ctx)
+    assert set(only_global.state_dict()) == {"global.context"}
