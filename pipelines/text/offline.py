@@ -17,7 +17,7 @@ from collections import Counter
 
 import numpy as np
 
-from pipelines.text import prompts as P
+import pipelines.text.prompts as P
 from pipelines.text.knowledge import Knowledge
 
 VERSION = 2  # part of the response-cache key: a changed answer is asked for again
