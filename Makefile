@@ -16,8 +16,11 @@ $(UV):
 	@echo "uv not found: installing it with pip"
 	python3 -m pip install --user --quiet uv || python3 -m pip install --quiet uv
 
+# --compile-bytecode: every process (each Dagster step, each test's CLI child) imports
+# compiled modules instead of compiling torch, dagster and mlflow again (this machine sets
+# PYTHONDONTWRITEBYTECODE=1, so nothing compiled on import is ever kept).
 $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --extra dev --extra cluster --python 3.11
+	$(UV) sync --frozen --compile-bytecode --extra dev --extra cluster --python 3.11
 	@touch $@
 
 dvc-tool: | $(UV)
