@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from pydantic import Field
 from torch import nn
+from tqdm.auto import tqdm
 
 from pipelines.methods.base import CellContext, Method, MethodConfig
 from pipelines.methods.comc import labelled_sentences, ranking_loss
@@ -234,10 +235,19 @@ class TaIDPT(Method):
             gen = torch.Generator().manual_seed(ctx.seed)
             self.prompts.train()
             losses = []
+            steps = -(-len(y) // cfg.batch_size)
+            bar = tqdm(
+                total=cfg.epochs * steps,
+                desc="TaI-DPT prompts",
+                unit="batch",
+                disable=not ctx.progress,
+                leave=False,
+            )
             for epoch in range(cfg.epochs):
                 order = torch.randperm(len(y), generator=gen)
                 total, count = 0.0, 0
                 for i in range(0, len(y), cfg.batch_size):
+                    bar.update()
                     idx = order[i : i + cfg.batch_size]
                     loss = self._losses(glob[idx], loc[idx], mask[idx], y[idx], n_labels)
                     opt.zero_grad()
@@ -247,7 +257,9 @@ class TaIDPT(Method):
                     count += len(idx)
                 sched.step()
                 losses.append(total / max(1, count))
+                bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
                 ctx.log_metrics({"loss": losses[-1]}, epoch)
+            bar.close()
             self.prompts.eval()
         finally:
             torch.set_num_threads(threads)
