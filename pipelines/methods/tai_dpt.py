@@ -96,7 +96,7 @@ class Config(MethodConfig):
 # -------------------------------------------------------------------- texts as images
 @torch.no_grad()
 def caption_features(
-    tower: TextTower, tokens: torch.Tensor, batch_size: int = 256
+    tower: TextTower, tokens: torch.Tensor, batch_size: int = 256, progress: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Sentences as images: (global (M, D), local (M, L, D), mask (M, L)) from the frozen
     text tower, both unit-norm. Local = every position's output after ln_final through
@@ -109,7 +109,10 @@ def caption_features(
         n_used = tokens.shape[1]
     tokens = tokens[:, :n_used]
     glob, loc = [], []
-    for i in range(0, len(tokens), batch_size):
+    starts = range(0, len(tokens), batch_size)
+    for i in tqdm(
+        starts, desc="TaI-DPT sentences", unit="batch", disable=not progress, leave=False
+    ):
         t = tokens[i : i + batch_size].to(tower.token_embedding.weight.device)
         x = tower.token_embedding(t) + tower.positional_embedding[:n_used]
         mask = tower.attn_mask[:n_used, :n_used] if tower.attn_mask is not None else None
@@ -187,7 +190,7 @@ class TaIDPT(Method):
         assert self.prompts is not None
         texts, y, info = labelled_sentences(ctx, self.config.corpus_fraction)
         tokens = ctx.backbone.tokenize(texts).cpu()
-        glob, loc, mask = caption_features(self.prompts.tower, tokens)
+        glob, loc, mask = caption_features(self.prompts.tower, tokens, progress=ctx.progress)
         if self.config.text_labels == "seen":
             y[:, ctx.n_seen :] = 0.0
         return glob, loc, mask, y, info
