@@ -19,6 +19,7 @@ from pipelines.methods.dualcoop import (
 )
 from pipelines.methods.qks import TextTower
 from pipelines.train import Batch
+from tests.chance import chance_map
 from tests.test_train import SEEN, UNSEEN, fake_context
 
 C = len(SEEN) + len(UNSEEN)
@@ -182,12 +183,7 @@ def test_learns_and_transfers_on_toyworld(tiny_workspace, tmp_path):
     scores = method.predict(ctx)
     unseen = ctx.test_labels[:, s:]
     zsl = mean_average_precision(scores[:, s:], unseen)
-    chance = np.mean(
-        [
-            mean_average_precision(np.random.default_rng(i).random(unseen.shape), unseen)
-            for i in range(5)
-        ]
-    )
+    chance = chance_map(unseen)
     print(
         f"DualCoOp toyworld: held-out seen {held_out:.1f} vs zero-shot {zero_shot:.1f}; "
         f"ZSL {zsl:.1f} vs chance {chance:.1f}"
