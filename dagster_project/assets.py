@@ -2,8 +2,10 @@
 stage the CLI and dvc.yaml run and describes it with the same stage record.
 
 Asset keys: dataset/<ds>, backbone/<bb>, features/<ds>/<bb>, corpus/<ds>/<name>,
-relations/<ds>/<bb>/<graph> (C2SRT's category graph), cells/<ds> (partitioned by variant),
-table/<name>. Each asset's code_version is its stage's own params and code
+relations/<ds>/<bb>/<graph> (C2SRT's category graph), cells/<ds>/<variant> (partitioned
+by training seed where a table trains it over seeds; grouped as ``cells_<ds>``),
+table/<name>. Each asset depends on exactly what its stages read, so a cell is stale only
+when its own inputs are (dagster_project/partitions.py). Each asset's code_version is its stage's own params and code
 (pipelines.graph.code_version) and its data version the digest of its recorded outputs,
 so the UI marks an asset stale when its params or code changed or an upstream's outputs
 did (as ``ovml list`` does); a materialisation of a fresh stage reuses the files on
@@ -24,8 +26,20 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_project.partitions import cell_partitions
-from dagster_project.records import asset_key, code_version, dagster_ui_url, to_dagster_metadata
+from dagster_project.partitions import (
+    cell_group,
+    cell_of_partition,
+    cells_by_variant,
+    seed_partitions,
+)
+from dagster_project.records import (
+    asset_key,
+    cell_asset_code_version,
+    code_version,
+    dagster_ui_url,
+    partition_of,
+    to_dagster_metadata,
+)
 from dagster_project.resources import Compute, MlflowTracking, OvmlParams
 from dagster_project.tags import stage_tags
 from pipelines.config import Params
@@ -148,28 +162,26 @@ def _materialize(
 def build_assets(params: Params) -> list[dg.AssetsDefinition]:
     graph = build_graph(params)
     assets: list[dg.AssetsDefinition] = []
-    cells_by_dataset: dict[str, list[Stage]] = {}
     for stage in graph.values():
-        if stage.kind == "cell":
-            cells_by_dataset.setdefault(stage.key[0], []).append(stage)
-        elif stage.kind == "images":
+        if stage.kind == "images":
             assets.append(_images_asset(params, graph, stage))
-        else:
+        elif stage.kind != "cell":
             assets.append(_single_asset(params, graph, stage))
-    for dataset, stages in cells_by_dataset.items():
-        assets.append(_cells_asset(params, graph, dataset, stages))
+    for (dataset, variant), stages in cells_by_variant(graph).items():
+        assets.append(_cell_asset(params, graph, dataset, variant, stages))
     return assets
 
 
 def _deps(graph: dict[str, Stage], stages: list[Stage]) -> list[dg.AssetDep]:
-    """Upstream assets; cells are depended on by exactly the partitions used."""
+    """Upstream assets; a seeded cell asset is depended on by exactly the seeds used."""
     keys: dict[dg.AssetKey, list[str]] = {}
     for st in stages:
         for d in st.deps:
             up = graph[d]
             parts = keys.setdefault(asset_key(up), [])
-            if up.kind == "cell" and up.key[1] not in parts:
-                parts.append(up.key[1])
+            part = partition_of(graph, up)
+            if part is not None and part not in parts:
+                parts.append(part)
     return [
         dg.AssetDep(k, partition_mapping=dg.SpecificPartitionsPartitionMapping(parts))
         if parts
@@ -236,18 +248,25 @@ def _images_asset(params: Params, graph: dict[str, Stage], stage: Stage) -> dg.A
     return _asset
 
 
-def _cells_asset(
-    params: Params, graph: dict[str, Stage], dataset: str, stages: list[Stage]
+def _cell_asset(
+    params: Params, graph: dict[str, Stage], dataset: str, variant: str, stages: list[Stage]
 ) -> dg.AssetsDefinition:
+    """The cells of one variant on one dataset: one partition per training seed (none
+    for a variant trained once); its upstreams are what those cells read, no more."""
+    partitions = seed_partitions(graph, stages)
+    what = "one partition per seed" if partitions is not None else "one cell"
+    first = stages[0]
+
     @dg.asset(
-        key=dg.AssetKey(["cells", dataset]),
+        key=asset_key(first),
         deps=_deps(graph, stages),
-        group_name="cells",
-        partitions_def=cell_partitions(params, dataset),
-        description=f"cells of {dataset}: one partition per variant (results/cells/{dataset}/<variant>)",
+        group_name=cell_group(dataset),
+        partitions_def=partitions,
+        code_version=cell_asset_code_version(params, graph, stages),
+        description=f"`{first.cmd}` → {first.out} ({what})",
         kinds={"pytorch"},
         retry_policy=dg.RetryPolicy(max_retries=1),
-        op_tags=stage_tags(params, stages[0].kind),
+        op_tags=stage_tags(params, first.kind),
     )
     def _asset(
         context: dg.AssetExecutionContext,
@@ -256,8 +275,9 @@ def _cells_asset(
         mlflow: MlflowTracking,
         compute: Compute,
     ) -> dg.MaterializeResult:
+        part = context.partition_key if context.has_partition_key else None
         return _materialize(
-            context, config, ovml, mlflow, compute, f"cell@{dataset}@{context.partition_key}"
+            context, config, ovml, mlflow, compute, cell_of_partition(dataset, variant, part)
         )
 
     return _asset

@@ -165,7 +165,7 @@ def demo_steps_job(params: Params) -> dg.JobDefinition:
     at the same time, and each step asks for its kind's resources. Each step reuses its
     stage when fresh, else runs it as ``_materialize`` does for an asset (tables in the
     step's process, torch stages in a child process), then reports the stage's record as
-    that asset's materialisation (cells as their variant's partition)."""
+    that asset's materialisation (a seeded cell as its seed's partition)."""
     from pipelines.graph import build_graph, upstream
 
     graph = build_graph(params)

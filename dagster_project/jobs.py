@@ -12,7 +12,7 @@ def demo_job(params: Params) -> dg.JobDefinition:
     """One run of ``ovml demo``: the demo tables and every stage they need (and nothing
     else: not the other cells of the dataset, not the backbones only other tables use),
     each reused when fresh. Every stage it ran or reused is materialised, cells as
-    their variant's partition."""
+    their seed's partition."""
     tables = ", ".join(params.demo_tables)
 
     @dg.op(

@@ -18,6 +18,7 @@ asset (partition) has the same ``finished_at``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -25,7 +26,9 @@ from typing import Any
 
 import dagster as dg
 
+from dagster_project.partitions import cell_asset_path, seed_partition
 from pipelines.config import Params
+from pipelines.config_core import split_seed
 from pipelines.graph import Stage, build_graph, outputs_digest
 from pipelines.graph import code_version as stage_code_version
 from pipelines.records import load_record
@@ -43,18 +46,60 @@ def dagster_ui_url() -> str:
 
 
 def asset_key(stage: Stage) -> dg.AssetKey:
+    """``<kind>/<key...>``; a cell is ``cells/<dataset>/<variant>`` (its seed is the
+    partition: dagster_project/partitions.py)."""
     if stage.kind == "cell":
-        return dg.AssetKey(["cells", stage.key[0]])
+        return dg.AssetKey(cell_asset_path(*stage.key))
     return dg.AssetKey([stage.kind, *stage.key])
 
 
-def partition_of(stage: Stage) -> str | None:
-    return stage.key[1] if stage.kind == "cell" else None
+def partition_of(graph: dict[str, Stage], stage: Stage) -> str | None:
+    """The partition a stage is of its asset: a seeded cell's seed, else None."""
+    return seed_partition(graph, stage) if stage.kind == "cell" else None
 
 
 def code_version(params: Params, graph: dict[str, Stage], name: str) -> str:
-    """The asset's code version: the stage's own params and code, not its upstream's."""
-    return stage_code_version(params, graph, name)[:16]
+    """The asset's code version: the stage's own params and code, not its upstream's.
+    A cell asset's is its variant's, the same for every seed (partition): the stage's
+    name, which carries the seed, is replaced by the asset's key."""
+    stage = graph[name]
+    if stage.kind != "cell":
+        return stage_code_version(params, graph, name)[:16]
+    dataset, base = stage.key[0], split_seed(stage.key[1])[0]
+    siblings = [
+        other
+        for other in graph.values()
+        if other.kind == "cell" and other.key[0] == dataset and split_seed(other.key[1])[0] == base
+    ]
+    return cell_asset_code_version(params, graph, siblings)
+
+
+def cell_asset_code_version(params: Params, graph: dict[str, Stage], stages: list[Stage]) -> str:
+    """The code version of the asset of one variant's cells ``stages`` (all its seeds):
+    each stage's, with its name (which carries the seed) replaced by the asset's key."""
+    label = asset_key(stages[0]).to_user_string()
+    # seeds of a variant read the same params and code: hash each distinct reading once
+    distinct = {(st.params, st.code, st.extra_deps): st.name for st in stages}
+    versions = sorted(
+        {stage_code_version(params, graph, name, label=label) for name in distinct.values()}
+    )
+    if len(versions) == 1:
+        return versions[0][:16]
+    # a variant shown both once (reading the top-level seed) and over seeds
+    return hashlib.sha256("".join(versions).encode()).hexdigest()[:16]
+
+
+def reported_code_version(
+    params: Params, graph: dict[str, Stage], stage: Stage, record: dict[str, Any]
+) -> str:
+    """The code version a record's materialisation carries: the asset's current one
+    when the record was made with the stage's current params and code, else the
+    recorded one (which no asset has: the UI shows "code version changed", as
+    ``ovml list`` shows the stage stale)."""
+    recorded = recorded_code_version(record)
+    if stage.kind == "cell" and recorded == stage_code_version(params, graph, stage.name)[:16]:
+        return code_version(params, graph, stage.name)
+    return recorded
 
 
 def recorded_code_version(record: dict[str, Any]) -> str:
@@ -132,7 +177,7 @@ def _input_tags(
     pointers: dict[dg.AssetKey, int] = {}
     for dep in stage.deps:
         up = graph[dep]
-        key, part = asset_key(up), partition_of(up)
+        key, part = asset_key(up), partition_of(graph, up)
         rec = load_record(params.root, up.out)
         if rec is not None:
             versions[key] = outputs_digest(rec)
@@ -161,13 +206,13 @@ def materialization(
     with its inputs' provenance when ``instance`` is given."""
     tags = {
         DATA_VERSION_TAG: outputs_digest(record),
-        CODE_VERSION_TAG: recorded_code_version(record),
+        CODE_VERSION_TAG: reported_code_version(params, graph, stage, record),
     }
     if instance is not None:
         tags.update(_input_tags(instance, params, graph, stage))
     return dg.AssetMaterialization(
         asset_key=asset_key(stage),
-        partition=partition_of(stage),
+        partition=partition_of(graph, stage),
         description=description
         or f"reported from the stage record ({record.get('view', 'cli')} run)",
         metadata=to_dagster_metadata(record.get("metadata") or {}, record),
@@ -175,8 +220,10 @@ def materialization(
     )
 
 
-def _latest_finished_at(instance: dg.DagsterInstance, stage: Stage) -> str | None:
-    part = partition_of(stage)
+def _latest_finished_at(
+    instance: dg.DagsterInstance, graph: dict[str, Stage], stage: Stage
+) -> str | None:
+    part = partition_of(graph, stage)
     result = instance.fetch_materializations(
         dg.AssetRecordsFilter(
             asset_key=asset_key(stage), asset_partitions=[part] if part is not None else None
@@ -205,7 +252,7 @@ def pending_stages(instance: dg.DagsterInstance, params: Params) -> list[str]:
         record = load_record(params.root, stage.out)
         if record is None or not record.get("finished_at"):
             continue
-        if _latest_finished_at(instance, stage) == record["finished_at"]:
+        if _latest_finished_at(instance, graph, stage) == record["finished_at"]:
             continue
         if record.get("view") == "dagster" and _run_in_progress(instance, record.get("run_id")):
             continue  # its own run reports it when the step ends

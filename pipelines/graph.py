@@ -126,12 +126,18 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
 
 
-def code_version(params: Params, graph: dict[str, Stage], name: str) -> str:
+def code_version(
+    params: Params, graph: dict[str, Stage], name: str, *, label: str | None = None
+) -> str:
     """The stage's own inputs: the params it reads and the content of its code files
-    (its upstream stages are not part of it)."""
+    (its upstream stages are not part of it). ``label`` stands in for the stage's name:
+    the seeds of one cell variant, which differ only in their names, then hash alike
+    (the code version of their Dagster asset: dagster_project/records.py)."""
     st = graph[name]
     h = hashlib.sha256()
-    h.update(json.dumps([st.name, param_values(params, st.params)], sort_keys=True).encode())
+    h.update(
+        json.dumps([label or st.name, param_values(params, st.params)], sort_keys=True).encode()
+    )
     for code in st.code:
         h.update(code.encode() + _file_digest(REPO_ROOT / code).encode())
     for extra in st.extra_deps:  # files read besides code (a released corpus); not folders

@@ -15,6 +15,7 @@ import shutil
 import time
 
 import pytest
+import yaml
 
 from tests.browser import (
     browser_page,
@@ -45,9 +46,21 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
     import mlflow
 
     from pipelines.config import load_params
+    from pipelines.runner import run_stage, run_stages
 
+    # a table that trains `random` over two seeds beside `tiny`'s single `random`: its
+    # cells are the partitions single, s0 and s1 of one asset (issue 22 item 1)
+    spec = yaml.safe_load(workspace.read_text())
+    spec["tables"]["seeded"] = {
+        "title": "seeded",
+        "datasets": ["toyworld"],
+        "rows": ["random"],
+        "seeds": [0, 1],
+    }
+    workspace.write_text(yaml.safe_dump(spec, sort_keys=False))
     params = load_params(workspace)
-    # the cell `random` is made stale, so the launch below computes it in Dagster
+    assert run_stages(params, ["table@seeded"], lambda p, st: run_stage(p, st, progress=False))
+    # the single cell `random` is made stale, so the launch below computes it in Dagster
     (params.root / "results/cells/toyworld/random/.ovml-stage.json").unlink()
 
     with running_ui(workspace, tmp_path / "dagster_home") as ui, browser_page() as page:
@@ -68,9 +81,20 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
             "dataset/toyworld",
             "backbone/toy-clip",
             "features/toyworld/toy-clip",
-            "cells/toyworld",
+            "cells/toyworld/clip_zeroshot",
+            "cells/toyworld/random",
             "table/tiny",
         } <= materialised
+
+        # 1b. no fresh cell is "Unsynced": each cell asset's upstreams are what its cells
+        # read, so Dagster's staleness of every reported partition is FRESH
+        status = _cell_staleness(ui)
+        assert status.pop(("random", "single")) == "MISSING"  # its record was deleted
+        assert status and set(status.values()) == {"FRESH"}, status
+        assert {("random", "s0"), ("random", "s1"), ("clip_zeroshot", None)} <= set(status)
+        goto(page, f"{ui.dagster}/assets/cells/toyworld/clip_zeroshot")
+        page.get_by_text("Latest materialization").first.wait_for(timeout=30_000)
+        assert page.get_by_text("Unsynced").count() == 0
 
         # 2. launching the (fresh, reused) table from its page succeeds within the bound
         seconds, run = materialize_from_asset_page(page, ui, "table/tiny", timeout=240)
@@ -79,10 +103,10 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
 
         # 3. a cell computed by Dagster: its MLflow run carries the Dagster run id
         known = {r["runId"] for r in ui.runs()}
-        goto(page, f"{ui.dagster}/assets/cells/toyworld")
+        goto(page, f"{ui.dagster}/assets/cells/toyworld/random")
         materialize_button(page).click()
         page.get_by_text("Partition selection").wait_for(timeout=30_000)
-        _select_partition(page, "random")
+        _select_partition(page, "single")
         cell_run = ui.wait_run(known, timeout=400)
         assert cell_run["status"] == "SUCCESS", ui.tail()
         mlflow.set_tracking_uri(params.tracking_uri())
@@ -113,7 +137,7 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
         assert page.get_by_text("random", exact=True).count() >= 1
 
         # 5. so does the link Dagster shows on the cell's materialisation
-        link = _latest_metadata_url(ui, "cells/toyworld", "random", "mlflow_experiment")
+        link = _latest_metadata_url(ui, "cells/toyworld/random", "single", "mlflow_experiment")
         assert f"/experiments/{exp.experiment_id}/" in link
         _assert_runs_table(page, link)
 
@@ -147,6 +171,26 @@ def _latest_metadata_url(ui, asset: str, partition: str, label: str) -> str:
     )
     (mat,) = data["assetOrError"]["assetMaterializations"]
     return next(e["url"] for e in mat["metadataEntries"] if e["label"] == label)
+
+
+def _cell_staleness(ui) -> dict[tuple[str, str | None], str]:
+    """Dagster's stale status of every cell asset (partition), as its UI computes it."""
+    nodes = ui.graphql("{ assetNodes { assetKey { path } partitionKeys staleStatus } }")
+    out: dict[tuple[str, str | None], str] = {}
+    for node in nodes["assetNodes"]:
+        path, parts = node["assetKey"]["path"], node["partitionKeys"]
+        if path[0] != "cells":
+            continue
+        if not parts:
+            out[(path[2], None)] = node["staleStatus"]
+            continue
+        by_part = ui.graphql(
+            "query($k: AssetKeyInput!, $p: [String!]) { assetNodeOrError(assetKey: $k) "
+            "{ ... on AssetNode { staleStatusByPartition(partitions: $p) } } }",
+            {"k": {"path": path}, "p": parts},
+        )["assetNodeOrError"]["staleStatusByPartition"]
+        out.update({(path[2], p): st for p, st in zip(parts, by_part, strict=True)})
+    return out
 
 
 def _select_partition(page, key: str) -> None:

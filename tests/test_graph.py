@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import dagster as dg
 import yaml
 
 from pipelines.config import Params, load_params, split_seed
@@ -80,13 +81,21 @@ def test_dagster_assets_match_the_graph():
     graph = build_graph(params)
     keys = {tuple(k.path) for a in build_assets(params) for k in a.keys}
     expected = {
-        ("cells", st.key[0]) if st.kind == "cell" else (st.kind, *st.key) for st in graph.values()
+        ("cells", st.key[0], split_seed(st.key[1])[0]) if st.kind == "cell" else (st.kind, *st.key)
+        for st in graph.values()
     }
     assert keys == expected
-    cells_asset = next(a for a in build_assets(params) if a.key.path[0] == "cells")
-    assert set(cells_asset.partitions_def.get_partition_keys()) == {
-        v for d, v in params.cells if d == "toyworld"
+    by_key = {a.key: a for a in build_assets(params)}
+    qks = by_key[dg.AssetKey(["cells", "iconworld", "qks-icon"])]  # the demo trains 3 seeds
+    assert qks.partitions_def.get_partition_keys() == ["s0", "s1", "s2"]
+    assert qks.group_names_by_key[qks.key] == "cells_iconworld"
+    # its upstreams are exactly what its cells read
+    want = {
+        (graph[d].kind, *graph[d].key)
+        for s in (0, 1, 2)
+        for d in graph[f"cell@iconworld@qks-icon@s{s}"].deps
     }
+    assert {tuple(k.path) for k in qks.asset_deps[qks.key]} == want
 
 
 def test_changing_one_variant_changes_only_its_cell_and_then_its_table(tmp_path, tiny_params_dict):

@@ -94,9 +94,7 @@ def test_reconcile_reports_each_record_once_and_fresh(tiny_workspace, tmp_path):
         assert mat.metadata["table"].value.records[0].data["variant"] == "random"
         assert mat.metadata["view"].value == "cli"
         cell = instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=dg.AssetKey(["cells", "toyworld"]), asset_partitions=["clip_zeroshot"]
-            ),
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(["cells", "toyworld", "clip_zeroshot"])),
             limit=1,
         ).records[0]
         meta = cell.asset_materialization.metadata
@@ -108,7 +106,11 @@ def test_reconcile_reports_each_record_once_and_fresh(tiny_workspace, tmp_path):
 
         defs = build_definitions(str(tiny_workspace))
         resolver = get_stale_status_resolver(instance, list(defs.assets))
-        for key in (["dataset", "toyworld"], ["features", "toyworld", "toy-clip"]):
+        for key in (
+            ["dataset", "toyworld"],
+            ["features", "toyworld", "toy-clip"],
+            ["cells", "toyworld", "clip_zeroshot"],
+        ):
             assert resolver.get_status(dg.AssetKey(key)).value == "FRESH", key
         assert resolver.get_status(dg.AssetKey(["table", "tiny"])).value == "FRESH"
 
@@ -118,9 +120,102 @@ def test_table_depends_on_exactly_its_cells(tiny_workspace):
 
     defs = build_definitions(str(tiny_workspace))
     table = defs.resolve_assets_def(dg.AssetKey(["table", "tiny"]))
-    mapping = table.get_partition_mapping(dg.AssetKey(["cells", "toyworld"]))
+    deps = {k.to_user_string() for k in table.asset_deps[table.key]}
+    assert deps == {
+        "cells/toyworld/random",
+        "cells/toyworld/clip_zeroshot",
+        "cells/toyworld/clip_zeroshot-single",
+    }
+
+
+def _two_backbones_seeded(tiny_params_dict: dict) -> dict:
+    """TINY_PARAMS plus a second backbone read by one variant only, and a table that
+    trains ``random`` over two seeds while ``tiny`` trains it once (issue 22 item 1)."""
+    p = tiny_params_dict
+    p["tracking"] = {"enabled": False}
+    second = dict(p["backbones"]["toy-clip"])
+    second["pretrain"] = dict(second["pretrain"], epochs=1)
+    p["backbones"]["toy-clip-b"] = second
+    p["variants"]["clip_zeroshot-b"] = {
+        "method": "clip_zeroshot",
+        "prompts": "pool",
+        "backbone": "toy-clip-b",
+    }
+    p["tables"]["tiny"]["rows"].append("clip_zeroshot-b")
+    p["tables"]["seeded"] = {
+        "title": "seeded",
+        "datasets": ["toyworld"],
+        "rows": ["random"],
+        "seeds": [0, 1],
+    }
+    return p
+
+
+@pytest.mark.slow
+def test_cell_assets_read_only_their_own_upstreams_and_are_fresh_after_a_cli_run(
+    tmp_path, tiny_params_dict
+):
+    """No "Unsynced" on a fresh cell: each cell asset depends on exactly what its cells
+    read, so after a CLI run every partition is FRESH in Dagster's own staleness, as in
+    ``ovml list``; a params edit makes exactly that variant's asset stale."""
+    from dagster._utils.test.data_versions import get_stale_status_resolver
+
+    from dagster_project.definitions import build_definitions
+    from dagster_project.records import reconcile
+    from pipelines.config import load_params
+    from pipelines.graph import build_graph, is_fresh
+    from pipelines.runner import run_stage, run_stages
+    from tests.conftest import write_params
+
+    path = write_params(tmp_path / "ws", _two_backbones_seeded(tiny_params_dict))
+    params = load_params(path)
+    assert run_stages(
+        params, ["table@tiny", "table@seeded"], lambda p, st: run_stage(p, st, progress=False)
+    )
+    defs = build_definitions(str(path))
+    cell = {a.key.path[2]: a for a in defs.assets if a.key.path[0] == "cells"}
+    deps = {v: {k.to_user_string() for k in a.asset_deps[a.key]} for v, a in cell.items()}
+    assert {"backbone/toy-clip-b", "features/toyworld/toy-clip-b"} <= deps["clip_zeroshot-b"]
+    assert not any(d.endswith("/toy-clip") for d in deps["clip_zeroshot-b"])
+    assert not any(d.endswith("/toy-clip-b") for d in deps["clip_zeroshot"] | deps["random"])
+    random = cell["random"]
+    assert random.partitions_def.get_partition_keys() == ["single", "s0", "s1"]
+    seeded = defs.resolve_assets_def(dg.AssetKey(["table", "seeded"]))
+    mapping = seeded.get_partition_mapping(random.key)
     assert isinstance(mapping, dg.SpecificPartitionsPartitionMapping)
-    assert set(mapping.partition_keys) == {"random", "clip_zeroshot", "clip_zeroshot-single"}
+    assert set(mapping.partition_keys) == {"s0", "s1"}
+
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        assert "cell@toyworld@random@s1" in reconcile(instance, params)
+        resolver = get_stale_status_resolver(instance, list(defs.assets))
+        for variant, asset in cell.items():
+            parts = asset.partitions_def.get_partition_keys() if asset.partitions_def else [None]
+            for part in parts:
+                status = resolver.get_status(asset.key, part)
+                causes = [c.reason for c in resolver.get_stale_root_causes(asset.key, part)]
+                assert status.value == "FRESH", (variant, part, causes)
+
+        # a params edit of one variant: that asset is stale, in Dagster and in the CLI
+        edited = _two_backbones_seeded(tiny_params_dict)
+        edited["variants"]["clip_zeroshot-b"]["prompts"] = "single"
+        write_params(tmp_path / "ws", edited)
+        after = load_params(path)
+        graph = build_graph(after)
+        defs2 = build_definitions(str(path))
+        resolver = get_stale_status_resolver(instance, list(defs2.assets))
+        stale = {
+            a.key.path[2]
+            for a in defs2.assets
+            if a.key.path[0] == "cells"
+            and resolver.get_status(
+                a.key, a.partitions_def.get_partition_keys()[0] if a.partitions_def else None
+            ).value
+            != "FRESH"
+        }
+        assert stale == {"clip_zeroshot-b"}
+        assert not is_fresh(after, graph, "cell@toyworld@clip_zeroshot-b")
+        assert is_fresh(after, graph, "cell@toyworld@random@s1")
 
 
 def test_demo_job_materialises_what_ovml_demo_computes(tiny_workspace, tmp_path):
@@ -141,8 +236,8 @@ def test_demo_job_materialises_what_ovml_demo_computes(tiny_workspace, tmp_path)
     want = set()
     for name in upstream(graph, ["table@tiny"]):
         st = graph[name]
-        key = ("cells", st.key[0]) if st.kind == "cell" else (st.kind, *st.key)
-        want.add((key, st.key[1] if st.kind == "cell" else None))
+        key = ("cells", *st.key) if st.kind == "cell" else (st.kind, *st.key)
+        want.add((key, None))  # the tiny table trains each variant once: no seed partitions
     assert got == want
 
 
