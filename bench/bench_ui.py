@@ -7,9 +7,12 @@
    torch / open_clip / a method module got imported (they must not). Target: <= 2 s.
 2. click-to-success: a tiny workspace is built with the CLI (``ovml demo``), ``ovml ui``
    is started on free ports, and headless chromium (Playwright over Debian's binary)
-   clicks "Materialize" on the table asset's page, a fresh stage the run reuses;
-   seconds from the click until Dagster reports the run SUCCESS, median of --clicks.
-   Target: <= 10 s.
+   clicks "Materialize" on an asset's page; seconds from the click until Dagster reports
+   the run SUCCESS, median of --clicks, for three launches (issue 22 item 4):
+   the table (a fresh stage the run reuses), a reused cell (``random``, built by the
+   demo; target <= 10 s) and a fresh ``random`` cell (a variant the demo never ran, so
+   the step computes it: process start, imports, the cell, its MLflow run; target
+   <= 15 s).
 
     python bench/bench_ui.py [--repeats 5] [--clicks 3] [--workdir DIR]
 """
@@ -90,7 +93,13 @@ def main() -> None:
     if args.no_click:
         return
     work = args.workdir or Path(tempfile.mkdtemp(prefix="ovml-bench-ui-"))
-    params = write_params(work, TINY_PARAMS)
+    raw = json.loads(json.dumps(TINY_PARAMS))
+    fresh = [f"random-fresh{i}" for i in range(args.clicks)]  # never run by the demo
+    for i, name in enumerate(fresh):
+        raw["variants"][name] = {"method": "random", "description": f"bench_ui: fresh cell {i}"}
+    # a table outside demo_tables names them, so each is a cell asset the demo leaves unbuilt
+    raw["tables"]["bench-fresh"] = {"title": "bench_ui", "datasets": ["toyworld"], "rows": fresh}
+    params = write_params(work, raw)
     t0 = time.time()
     subprocess.run(
         [str(Path(sys.executable).parent / "ovml"), "demo", "--params", str(params)],
@@ -99,19 +108,25 @@ def main() -> None:
         capture_output=True,
     )
     print(f"(workspace built with `ovml demo` in {time.time() - t0:.0f} s: {work})", flush=True)
-    clicks = []
+    launches = {
+        "table stage, reused": (["table/tiny"] * args.clicks, "<= 10 s, was 60-68 s"),
+        "random cell, reused": (["cells/toyworld/random"] * args.clicks, "<= 10 s, was 52.5 s"),
+        "random cell, fresh": ([f"cells/toyworld/{v}" for v in fresh], "<= 15 s"),
+    }
     with running_ui(params, work / "dagster_home") as ui, browser_page() as page:
-        for _ in range(args.clicks):
-            seconds, run = materialize_from_asset_page(page, ui, "table/tiny", timeout=120)
-            if run["status"] != "SUCCESS":
-                raise SystemExit(f"run {run['runId']} ended {run['status']}\n{ui.tail()}")
-            clicks.append(seconds)
-    print(
-        f"click-to-success (fresh table stage, reused): {statistics.median(clicks):.1f} s "
-        f"(median of {len(clicks)}: {', '.join(f'{c:.1f}' for c in clicks)}; load average "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)  [target <= 10 s, was 60-68 s]",
-        flush=True,
-    )
+        for label, (assets, target) in launches.items():
+            clicks = []
+            for asset in assets:
+                seconds, run = materialize_from_asset_page(page, ui, asset, timeout=240)
+                if run["status"] != "SUCCESS":
+                    raise SystemExit(f"run {run['runId']} ended {run['status']}\n{ui.tail()}")
+                clicks.append(seconds)
+            print(
+                f"click-to-success ({label}): {statistics.median(clicks):.1f} s (median of "
+                f"{len(clicks)}: {', '.join(f'{c:.1f}' for c in clicks)}; load average "
+                f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)  [target {target}]",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -144,8 +144,8 @@ def _materialize(
     elif stage.kind == "table":
         run_table_in_process(context, params, graph, stage)
     else:
-        if stage.kind == "cell":
-            params.check_variant(stage.key[1])  # a bad option fails here, naming the key
+        # a cell's bad option fails in the child (`ovml stage` checks its variant), naming
+        # the key in the failure's output: checking it here would import torch in this run
         run_stage_in_child(context, ovml.params_path, params, stage)
     lock = sync_dvc_lock(params, [stage_name])  # so that `dvc repro` finds it fresh
     if lock.warning:

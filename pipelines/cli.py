@@ -413,7 +413,12 @@ def stage(
     # Dagster passes what its resources override (device, threads, tracking) here
     overrides = json.loads(os.environ.get("OVML_STAGE_OVERRIDES") or "{}")
     try:
-        p = load_params(params, overrides) if overrides else _params(params)
+        if kind == "cell" and len(key) == 2:
+            # its own variant only: checking every variant imports every method module
+            p = load_params(params, overrides or None, check_methods=False)
+            p.check_cell(*key)
+        else:
+            p = load_params(params, overrides or None)
     except ConfigError as err:
         console.print(f"[red]error:[/red] {err}", highlight=False)
         raise typer.Exit(2) from None

@@ -572,6 +572,20 @@ class Params(StrictModel):
             loc = ".".join(str(p) for p in first["loc"])
             raise error(f"variants.{name}.{loc}: {first['msg']}") from None
 
+    def check_cell(self, dataset: str, cell: str) -> None:
+        """What ``load_params(check_methods=True)`` checks of one cell, and no more: its
+        variant's options against its method's ``Config`` and against its backbone. A
+        cell's own process (``ovml stage cell``) checks this instead of every variant,
+        so it imports only its own method module (a `random` cell imports no open_clip)."""
+        base = split_seed(cell)[0]
+        if dataset not in self.datasets or base not in self.variants:
+            return  # the graph names what is unknown
+        self.check_variant(base)
+        try:
+            self._check_cell_backbone(dataset, base)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
     def has_key(self, dotted: str) -> bool:
         """Whether params.yaml itself spells out this key (DVC only tracks written keys)."""
         node: Any = self.raw

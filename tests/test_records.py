@@ -53,6 +53,46 @@ def test_method_options_checked_lazily(tmp_path, tiny_params_dict):
         params.check_variant("clip_zeroshot")
 
 
+def test_a_cell_process_checks_its_own_variant_only(tmp_path, tiny_params_dict):
+    """`ovml stage cell` validates its own variant (a bad option exits 2 naming the key,
+    also as the failure of the Dagster step that launched it), not every variant: a
+    `random` cell's process imports no open_clip (issue 22 item 4: seconds a launch)."""
+    from typer.testing import CliRunner
+
+    from dagster_project.definitions import build_definitions
+    from pipelines.cli import app
+    from tests.conftest import write_params
+
+    tiny_params_dict["tracking"] = {"enabled": False}
+    tiny_params_dict["variants"]["clip_zeroshot"]["prompts"] = "many"
+    path = write_params(tmp_path, tiny_params_dict)
+    res = CliRunner().invoke(app, ["stage", "cell", "toyworld", "clip_zeroshot", "-p", str(path)])
+    assert res.exit_code == 2 and "variants.clip_zeroshot.prompts" in res.output, res.output
+
+    defs = build_definitions(str(path))
+    cell = next(a for a in defs.assets if a.key.path == ["cells", "toyworld", "clip_zeroshot"])
+    out = dg.materialize(
+        [cell],
+        resources=defs.resources,
+        instance=dg.DagsterInstance.ephemeral(),
+        raise_on_error=False,
+    )
+    assert not out.success
+    (failure,) = [e for e in out.all_events if e.is_step_failure]
+    tail = failure.step_failure_data.user_failure_data.metadata["output (tail)"].value
+    assert "variants.clip_zeroshot.prompts" in tail
+
+    probe = (
+        "import sys; from pipelines.config import load_params; "
+        f"p = load_params({str(path)!r}, check_methods=False); p.check_cell('toyworld', 'random'); "
+        "import pipelines.cells, pipelines.methods.random; print('open_clip' in sys.modules)"
+    )
+    got = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    assert got.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_record_view_and_metadata(tiny_workspace, monkeypatch):
     from pipelines.config import load_params
     from pipelines.records import current_view, load_record, stage_view

@@ -18,10 +18,15 @@ import json
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import open_clip
 import torch
 from safetensors.torch import save_file
+
+if TYPE_CHECKING:  # open_clip is imported where it is used: its ~5 s import (timm,
+    # transformers, torchvision ops) is paid only by a process that builds or reads a tower,
+    # not by a cell that needs none (`random`) or by code that only names a Backbone
+    import open_clip
 
 from pipelines.io import atomic_path
 from pipelines.vlp.backbone_model import (  # noqa: F401 (re-exported)
@@ -52,6 +57,7 @@ def resolve_quick_gelu(model: str, weights: str, declared: bool | None, *, name:
       ``openai``); else the architecture's config value;
     - ``none``: the declared value, else the architecture's config value.
     """
+    import open_clip
     from open_clip import pretrained as tags
 
     default = bool(open_clip.get_model_config(model).get("quick_gelu", False))
@@ -93,6 +99,8 @@ def resolve_quick_gelu(model: str, weights: str, declared: bool | None, *, name:
 
 def tower_activations(model: torch.nn.Module) -> set[str]:
     """Names of the GELU-family activation classes a model's towers use (for checks)."""
+    import open_clip
+
     gelus = (open_clip.transformer.QuickGELU, torch.nn.GELU)
     return {type(m).__name__ for m in model.modules() if isinstance(m, gelus)}
 
@@ -144,6 +152,8 @@ def create_backbone(
     ``quick_gelu``: the activation the weights were trained with (see
     :func:`resolve_quick_gelu`; None = derive it where it can be derived).
     """
+    import open_clip
+
     register_model_configs()
     device = torch.device(device)
     from pipelines.vlp.towers import create_tower_backbone, is_tower_model
@@ -206,6 +216,8 @@ def save_open_clip_dir(
     model: open_clip.CLIP, model_name: str, out_dir: Path, extra: dict | None = None
 ) -> None:
     """Save as a folder open_clip loads with ``local-dir:`` (config JSON + safetensors)."""
+    import open_clip
+
     register_model_configs()
     cfg = open_clip.get_model_config(model_name)
     if cfg is None:

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:  # open_clip is imported where it is used: its ~5 s import (timm,
+    # transformers, torchvision ops) is paid only by a process that builds or reads a tower,
+    # not by a cell that needs none (`random`) or by code that only names a Backbone
+    import open_clip
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 CONFIG_FILE = "open_clip_config.json"
@@ -24,6 +29,8 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 
 def register_model_configs() -> None:
     """Make our JSON architectures (e.g. ``ovml-tiny-vit``) known to open_clip."""
+    import open_clip
+
     if "ovml-tiny-vit" not in open_clip.list_models():
         open_clip.add_model_config(MODEL_CONFIG_DIR)
 
@@ -82,6 +89,8 @@ class Backbone:
 
     def image_tokens(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unnormalised (global (B, D), patches (B, P, D)) in the joint space; differentiable."""
+        import open_clip
+
         visual = self.model.visual
         if isinstance(visual, open_clip.modified_resnet.ModifiedResNet):
             return resnet_tokens(visual, pixels)
@@ -108,6 +117,8 @@ class Backbone:
         """How many local tokens :meth:`image_tokens` returns: a ViT's patches, a CLIP
         ResNet's attention-pool cells, or (any other tower, e.g. the timm CNN) the cells of
         one blank image's forward in eval mode."""
+        import open_clip
+
         visual = self.model.visual
         grid = getattr(visual, "grid_size", None)
         if grid is not None:
