@@ -1,8 +1,9 @@
 """The three views as one tool, checked in a real browser (headless Debian chromium driven
 by Playwright; `make test` installs chromium through `make browser`).
 
-After the demo graph ran from the CLI, `ovml ui` (on free ports) must show it in the
-Dagster catalog as materialised, launch the table asset from its page to success within
+After the demo graph ran from the CLI (plus a table that trains `random` over seeds, and
+`ovml report` over them), `ovml ui` (on free ports) must show it in the Dagster catalog
+as materialised, every fresh cell asset (partition) FRESH, none "Unsynced", launch the table asset from its page to success within
 a bound, tag the MLflow run of a cell Dagster computed with that Dagster run's id, and
 open the experiment (the URL `ovml ui` prints, the link Dagster shows) on MLflow's runs
 table, a superseded run named apart from the current one.
@@ -10,6 +11,7 @@ table, a superseded run named apart from the current one.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -44,7 +46,9 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
     if chromium_path() is None:
         pytest.fail("chromium not found: `make browser` installs Debian's chromium")
     import mlflow
+    from typer.testing import CliRunner
 
+    from pipelines.cli import app
     from pipelines.config import load_params
     from pipelines.runner import run_stage, run_stages
 
@@ -60,6 +64,11 @@ def test_ui_shows_cli_runs_and_links_mlflow(workspace, tmp_path):
     workspace.write_text(yaml.safe_dump(spec, sort_keys=False))
     params = load_params(workspace)
     assert run_stages(params, ["table@seeded"], lambda p, st: run_stage(p, st, progress=False))
+    # `ovml report` runs after seeded cells (issue 22 item 5: it raised KeyError on them)
+    res = CliRunner().invoke(app, ["report", "--params", str(workspace)])
+    assert res.exit_code == 0, res.output
+    report = json.loads((params.path("results") / "report" / "report.json").read_text())
+    assert {"tiny", "seeded"} <= {t["key"] for t in report["tables"]}
     # the single cell `random` is made stale, so the launch below computes it in Dagster
     (params.root / "results/cells/toyworld/random/.ovml-stage.json").unlink()
 
