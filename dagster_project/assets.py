@@ -5,8 +5,9 @@ Asset keys: dataset/<ds>, backbone/<bb>, features/<ds>/<bb>, corpus/<ds>/<name>,
 relations/<ds>/<bb>/<graph> (C2SRT's category graph), cells/<ds>/<variant> (partitioned
 by training seed where a table trains it over seeds; grouped as ``cells_<ds>``),
 table/<name>. Each asset depends on exactly what its stages read, so a cell is stale only
-when its own inputs are (dagster_project/partitions.py). Each asset's code_version is its stage's own params and code
-(pipelines.graph.code_version) and its data version the digest of its recorded outputs,
+when its own inputs are (dagster_project/partitions.py). Each asset's code_version is its
+stage's own params and code (pipelines.graph.code_version; a cell asset's is shared by
+its seeds) and its data version the digest of its recorded outputs,
 so the UI marks an asset stale when its params or code changed or an upstream's outputs
 did (as ``ovml list`` does); a materialisation of a fresh stage reuses the files on
 disk unless run config says ``force: true``.

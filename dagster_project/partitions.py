@@ -28,15 +28,23 @@ def cell_asset_path(dataset: str, variant: str) -> list[str]:
     return ["cells", dataset, split_seed(variant)[0]]
 
 
+def variant_cells(graph: dict[str, Stage], stage: Stage) -> list[Stage]:
+    """Every cell stage of ``stage``'s asset: its variant's cells on its dataset."""
+    dataset, base = stage.key[0], split_seed(stage.key[1])[0]
+    return [
+        st
+        for st in graph.values()
+        if st.kind == "cell" and st.key[0] == dataset and split_seed(st.key[1])[0] == base
+    ]
+
+
 def seed_partition(graph: dict[str, Stage], stage: Stage) -> str | None:
     """The partition of a cell stage: ``qks@s1`` -> ``s1``; an unseeded cell has none,
     unless the same variant also has seeded cells on that dataset (then ``single``)."""
-    dataset, variant = stage.key
-    base, seed = split_seed(variant)
+    seed = split_seed(stage.key[1])[1]
     if seed is not None:
         return f"{SEED_PARTITION_PREFIX}{seed}"
-    prefix = f"cell@{dataset}@{base}@{SEED_PARTITION_PREFIX}"
-    seeded_too = any(name.startswith(prefix) and graph[name].kind == "cell" for name in graph)
+    seeded_too = any(split_seed(st.key[1])[1] is not None for st in variant_cells(graph, stage))
     return SINGLE_PARTITION if seeded_too else None
 
 

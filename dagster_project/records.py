@@ -26,9 +26,8 @@ from typing import Any
 
 import dagster as dg
 
-from dagster_project.partitions import cell_asset_path, seed_partition
+from dagster_project.partitions import cell_asset_path, seed_partition, variant_cells
 from pipelines.config import Params
-from pipelines.config_core import split_seed
 from pipelines.graph import Stage, build_graph, outputs_digest
 from pipelines.graph import code_version as stage_code_version
 from pipelines.records import load_record
@@ -65,13 +64,7 @@ def code_version(params: Params, graph: dict[str, Stage], name: str) -> str:
     stage = graph[name]
     if stage.kind != "cell":
         return stage_code_version(params, graph, name)[:16]
-    dataset, base = stage.key[0], split_seed(stage.key[1])[0]
-    siblings = [
-        other
-        for other in graph.values()
-        if other.kind == "cell" and other.key[0] == dataset and split_seed(other.key[1])[0] == base
-    ]
-    return cell_asset_code_version(params, graph, siblings)
+    return cell_asset_code_version(params, graph, variant_cells(graph, stage))
 
 
 def cell_asset_code_version(params: Params, graph: dict[str, Stage], stages: list[Stage]) -> str:

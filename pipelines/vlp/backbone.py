@@ -23,11 +23,6 @@ from typing import TYPE_CHECKING
 import torch
 from safetensors.torch import save_file
 
-if TYPE_CHECKING:  # open_clip is imported where it is used: its ~5 s import (timm,
-    # transformers, torchvision ops) is paid only by a process that builds or reads a tower,
-    # not by a cell that needs none (`random`) or by code that only names a Backbone
-    import open_clip
-
 from pipelines.io import atomic_path
 from pipelines.vlp.backbone_model import (  # noqa: F401 (re-exported)
     CONFIG_FILE,
@@ -39,6 +34,9 @@ from pipelines.vlp.backbone_model import (  # noqa: F401 (re-exported)
     resolve_device,
     timm_cnn_tokens,
 )
+
+if TYPE_CHECKING:  # imported where used, as in backbone_model.py (a ~5 s import)
+    import open_clip
 
 
 def resolve_quick_gelu(model: str, weights: str, declared: bool | None, *, name: str) -> bool:
