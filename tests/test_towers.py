@@ -177,6 +177,35 @@ def test_text_tower_is_sentence_transformers_mean_pooling(towers_backbone):
     )
 
 
+def test_encode_text_cut_to_each_batch_s_longest_text_changes_nothing(towers_backbone):
+    """encode_text sorts texts by length and cuts the context-length padding per batch:
+    the same embeddings, in the input order, as the tower on fully padded ids."""
+    bb = towers_backbone
+    words = [
+        "dog",
+        "sofa",
+        "red",
+        "apple",
+        "penguin",
+        "beach",
+        "sailboat",
+        "tree",
+        "under",
+        "a",
+        "the",
+        "on",
+        "with",
+    ]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, rng.integers(1, 12))) for _ in range(37)]
+    tokens = bb.tokenize(texts)
+    with torch.no_grad():
+        full = F.normalize(bb.model.encode_text(tokens), dim=-1)
+    assert tokens.shape[1] > (tokens != 0).sum(1).max() + 10  # padded beyond the longest text
+    torch.testing.assert_close(bb.encode_text(texts, batch_size=8), full, atol=1e-5, rtol=1e-4)
+    assert bb.encode_text([]).shape == (0, bb.embed_dim)
+
+
 def test_tower_backbone_in_the_graph_needs_no_weights_block():
     """A tower model with ``weights: file:...`` is refused with the allowed specs."""
     with pytest.raises(ValueError, match="'none'"):

@@ -151,11 +151,35 @@ class Backbone:
 
     @torch.no_grad()
     def encode_text(self, texts: list[str], batch_size: int = 1024) -> torch.Tensor:
-        out = [
-            F.normalize(self.text_features(texts[i : i + batch_size]), dim=-1)
-            for i in range(0, len(texts), batch_size)
-        ]
-        return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
+        """Normalised embeddings (N, D). A HuggingFace tower (icon-lit's MiniLM) reads texts
+        in order of length, each batch cut to its longest text: the tokenizer pads to the
+        context length, and pad tokens are masked out of attention and of the mean pool,
+        so the cut changes nothing but the cost (``bench/bench_towers.py``)."""
+        pad = hf_pad_token_id(self.model)
+        if pad is None or not texts:
+            out = [
+                F.normalize(self.text_features(texts[i : i + batch_size]), dim=-1)
+                for i in range(0, len(texts), batch_size)
+            ]
+            return torch.cat(out) if out else torch.empty(0, self.embed_dim, device=self.device)
+        tokens = self.tokenize(texts)
+        lengths = (tokens != pad).sum(1)
+        order = torch.argsort(lengths, stable=True)
+        result = torch.empty(len(texts), self.embed_dim, device=self.device)
+        for i in range(0, len(texts), batch_size):
+            idx = order[i : i + batch_size]
+            batch = tokens[idx, : int(lengths[idx].max())]
+            result[idx] = F.normalize(self.model.encode_text(batch), dim=-1).to(result.dtype)
+        return result
+
+
+def hf_pad_token_id(model) -> int | None:
+    """The pad id of an open_clip ``HFTextEncoder`` tower (right-padded ids), else None."""
+    text = getattr(model, "text", None)
+    config = getattr(text, "config", None)
+    if config is None or not hasattr(text, "pooler"):
+        return None
+    return getattr(config, "pad_token_id", None)
 
 
 def resnet_tokens(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
