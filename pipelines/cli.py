@@ -184,10 +184,15 @@ def _print_other_agreements(params: Params) -> None:
         if name in params.demo_agreement:
             continue
         cells = {seeded(v, s) for v in cfg.variants() for s in cfg.seeds}
+        demo_datasets = {params.agreement[a].dataset for a in params.demo_agreement}
+        reuse = (
+            "the demo reuses the ones it has"
+            if cfg.dataset in demo_datasets
+            else "none run by the demo"
+        )
         out.print(
-            f"[dim]more: `ovml agreement {name}` also compares "
-            f"{', '.join(cfg.pairs)} ({len(cells)} cells over seeds {cfg.seeds}; the demo "
-            "reuses the ones it has)[/dim]"
+            f"[dim]more: `ovml agreement {name}` compares {', '.join(cfg.pairs)} on "
+            f"{cfg.dataset} ({len(cells)} cells over seeds {cfg.seeds}; {reuse})[/dim]"
         )
 
 
