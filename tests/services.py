@@ -395,7 +395,7 @@ def s3_server(log_dir: Path, bucket: str = "ovml", timeout: float = 60) -> Itera
         server.client().create_bucket(Bucket=bucket)
         yield server
     finally:
-        stop_group(proc)
+        stop_group(proc, timeout=2)  # a test server: no state worth a graceful stop
 
 
 @contextlib.contextmanager
@@ -444,4 +444,4 @@ def mlflow_server(
             raise RuntimeError(f"{err}\n{_tail(log_dir, 'mlflow-server')}") from None
         yield uri
     finally:
-        stop_group(proc)
+        stop_group(proc, timeout=2)  # its state is in Postgres and S3
