@@ -8,7 +8,7 @@ DVC_VERSION := 3.67.1
 DVC   := $(shell uv tool dir --bin 2>/dev/null || echo $(HOME)/.local/bin)/dvc
 export PATH := $(CURDIR)/$(VENV)/bin:$(HOME)/.local/bin:$(PATH)
 
-.PHONY: setup demo test lint format dvc-tool browser dvc-repro dvc-yaml ui bench bench-ui bench-download clean
+.PHONY: setup demo test lint format dvc-tool browser postgres dvc-repro dvc-yaml ui bench bench-ui bench-download clean
 
 setup: $(VENV)/.installed
 
@@ -23,13 +23,17 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(UV)
 	$(UV) sync --frozen --compile-bytecode --extra dev --extra cluster --python 3.11
 	@touch $@
 
+# dvc with its S3 remote support (dvc-s3): the shared-services test pushes to an S3 server.
+# Reinstalled when the version differs or `dvc version` does not list s3.
 dvc-tool: | $(UV)
-	@$(DVC) --version 2>/dev/null | grep -qx '$(DVC_VERSION)' || $(UV) tool install --quiet dvc==$(DVC_VERSION)
+	@{ $(DVC) --version 2>/dev/null | grep -qx '$(DVC_VERSION)' && \
+		$(DVC) version 2>/dev/null | grep -q '^[[:space:]]*s3 ('; } || \
+		$(UV) tool install --quiet --reinstall 'dvc[s3]==$(DVC_VERSION)'
 
 demo: setup
 	$(VENV)/bin/ovml demo
 
-test: setup dvc-tool browser
+test: setup dvc-tool browser postgres
 	$(PY) -m pytest -q
 
 # The browser test drives Debian's chromium through Playwright's Python package
@@ -39,6 +43,14 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
 		echo "chromium not found: installing Debian's chromium (apt-get)"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium; }
+
+# The shared-services test (tests/test_services_stack.py) starts its own Postgres from
+# Debian's package (initdb + postgres as the postgres user, on loopback, in a tmp dir).
+PG_BIN := $(firstword $(wildcard /usr/lib/postgresql/*/bin))
+postgres:
+	@test -x "$(PG_BIN)/initdb" || command -v initdb >/dev/null 2>&1 || { \
+		echo "postgres not found: installing Debian's postgresql (apt-get)"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; }
 
 lint: setup
 	$(VENV)/bin/ruff check pipelines dagster_project tests bench

@@ -234,11 +234,13 @@ def _experiment(params: Params, name: str) -> str:
                 exp.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND
             )
         return exp.experiment_id
-    artifacts = params.root / "mlartifacts" / name.replace("/", "_")
+    # a tracking server keeps the artifacts where it was told (--artifacts-destination,
+    # proxied: mlflow-artifacts:/); a local store keeps them next to the workspace
+    artifacts = None
+    if not params.tracking_uri().startswith(("http://", "https://")):
+        artifacts = (params.root / "mlartifacts" / name.replace("/", "_")).as_uri()
     return mlflow.create_experiment(
-        name,
-        artifact_location=artifacts.as_uri(),
-        tags={"mlflow.experimentKind": EXPERIMENT_KIND},
+        name, artifact_location=artifacts, tags={"mlflow.experimentKind": EXPERIMENT_KIND}
     )
 
 

@@ -1,6 +1,7 @@
 """Real services for the service and Ray tests, started on loopback and stopped at the
-end of the session. So far: a two-node Ray cluster (`ray start`, infra/README.md step 3).
-Postgres, the S3 server (moto_server) and the MLflow server are not here yet.
+end of the session: a two-node Ray cluster (`ray start`, infra/README.md step 3), and the
+shared services of infra/README.md step 2: Postgres (Debian's package, `make postgres`),
+an S3 server (moto_server) and the MLflow tracking server on both.
 
 Sized for a shared 2-core machine: one logical CPU per Ray node, a small object store,
 no log monitor; every process runs in its own session and its group is stopped at exit.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 BIN = Path(sys.executable).parent
@@ -207,3 +210,238 @@ class RayCluster:
                 stop_group(self.nodes.pop(name))
         if not os.environ.get("OVML_KEEP_RAY_TMP"):
             shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+# ------------------------------------------------------------- Postgres, S3, MLflow server
+def _log(log_dir: Path, name: str):
+    return open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 (lives with the process)
+
+
+def _popen(cmd: list[str], log_dir: Path, name: str, env: dict[str, str], **kw):
+    with _log(log_dir, name) as log:
+        return subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+            **kw,
+        )
+
+
+def _tail(log_dir: Path, name: str, n: int = 3000) -> str:
+    path = log_dir / f"{name}.log"
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+def pg_bin() -> Path:
+    """Debian's Postgres binaries (`make postgres` installs the package)."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if found:
+        return found[-1].parent
+    which = shutil.which("initdb")
+    if which:
+        return Path(which).parent
+    raise FileNotFoundError("initdb not found: run `make postgres` (Debian's postgresql)")
+
+
+@dataclass
+class Postgres:
+    port: int
+    user: str
+    password: str
+    host: str = LOOPBACK
+
+    def url(self, db: str, *, driver: str = "", password: str | None = None) -> str:
+        """``driver="psycopg2"`` for SQLAlchemy (2.1 defaults ``postgresql://`` to
+        psycopg 3, which is not installed)."""
+        pw = self.password if password is None else password
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{self.user}:{pw}@{self.host}:{self.port}/{db}"
+
+
+@contextlib.contextmanager
+def postgres(
+    log_dir: Path, databases: tuple[str, ...] = (), timeout: float = 90
+) -> Iterator[Postgres]:
+    """A throwaway Postgres cluster: ``initdb`` in a tmp dir, ``postgres`` on loopback and
+    a free port (its unix socket in the tmp dir), password auth over TCP, ``databases``
+    created; stopped (fast shutdown) and removed at the end. As root, initdb and postgres
+    run as the ``postgres`` user (they refuse to run as root)."""
+    import psycopg2
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    bindir = pg_bin()
+    root = Path(tempfile.mkdtemp(prefix="ovpg-", dir="/tmp"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        import pwd
+
+        pg = pwd.getpwnam("postgres")
+        os.chown(root, pg.pw_uid, pg.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    pw = Postgres(port=free_port(), user="ovml", password="pg-" + secrets.token_hex(8))
+    pwfile = root / "pwfile"
+    pwfile.write_text(pw.password + "\n")
+    if as_user:
+        os.chown(pwfile, pg.pw_uid, pg.pw_gid)
+    pwfile.chmod(0o600)
+    env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+    with _log(log_dir, "initdb") as log:
+        subprocess.run(
+            [*as_user, str(bindir / "initdb"), "-D", str(root / "data"), "-U", pw.user,
+             f"--pwfile={pwfile}", "--auth-host=scram-sha-256", "--auth-local=peer",
+             "-E", "UTF8", "--no-sync"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, check=True, timeout=timeout,
+        )  # fmt: skip
+    pwfile.unlink()
+    proc = _popen(
+        [*as_user, str(bindir / "postgres"), "-D", str(root / "data"), "-p", str(pw.port),
+         "-c", f"listen_addresses={LOOPBACK}", "-c", f"unix_socket_directories={root}",
+         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+         "-c", "max_connections=60", "-c", "shared_buffers=32MB"],
+        log_dir, "postgres", env,
+    )  # fmt: skip
+    try:
+        from pipelines.services import ServiceError, check_postgres
+
+        def up() -> bool:
+            try:
+                check_postgres(pw.url("postgres"), timeout=3)
+            except ServiceError:  # a RuntimeError, which wait_for passes on
+                return False
+            return True
+
+        try:
+            wait_for(up, timeout, f"Postgres at {LOOPBACK}:{pw.port}", proc)
+        except (RuntimeError, TimeoutError) as err:
+            raise RuntimeError(f"{err}\n{_tail(log_dir, 'postgres')}") from None
+        if databases:
+            conn = psycopg2.connect(pw.url("postgres"), connect_timeout=10)
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                for db in databases:
+                    cur.execute(f'CREATE DATABASE "{db}"')
+            conn.close()
+        yield pw
+    finally:
+        stop_group(proc, signal.SIGINT)  # fast shutdown: no waiting for clients
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def s3_env(access_key: str = "ovml-test", secret: str | None = None) -> dict[str, str]:
+    """Dummy AWS credentials for moto (in the environment only, never in a config file);
+    no instance-metadata lookup (it would leave loopback)."""
+    return {
+        "AWS_ACCESS_KEY_ID": access_key,
+        "AWS_SECRET_ACCESS_KEY": secret or "s3-" + secrets.token_hex(8),
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    bucket: str
+    env: dict[str, str]  # the credentials its clients use
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"],
+            region_name=self.env["AWS_DEFAULT_REGION"],
+        )
+
+    def keys(self, prefix: str = "") -> list[str]:
+        out: list[str] = []
+        for page in (
+            self.client()
+            .get_paginator("list_objects_v2")
+            .paginate(Bucket=self.bucket, Prefix=prefix)
+        ):
+            out += [o["Key"] for o in page.get("Contents", [])]
+        return out
+
+
+@contextlib.contextmanager
+def s3_server(log_dir: Path, bucket: str = "ovml", timeout: float = 60) -> Iterator[S3Server]:
+    """moto_server on a free loopback port, with one bucket (in memory; gone at the end)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = service_env(**s3_env())
+    proc = _popen([str(BIN / "moto_server"), "-H", LOOPBACK, "-p", str(port)], log_dir, "moto", env)
+    try:
+        server = S3Server(f"http://{LOOPBACK}:{port}", bucket, {k: env[k] for k in s3_env()})
+        from pipelines.services import ServiceError, check_s3
+
+        def up() -> bool:
+            try:
+                with _env(server.env):
+                    check_s3(server.endpoint, timeout=3)
+            except ServiceError:
+                return False
+            return True
+
+        try:
+            wait_for(up, timeout, f"S3 server at {server.endpoint}", proc)
+        except (RuntimeError, TimeoutError) as err:
+            raise RuntimeError(f"{err}\n{_tail(log_dir, 'moto')}") from None
+        server.client().create_bucket(Bucket=bucket)
+        yield server
+    finally:
+        stop_group(proc, timeout=2)  # a test server: no state worth a graceful stop
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Iterator[None]:
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    log_dir: Path, backend_uri: str, artifacts_destination: str, env: dict[str, str],
+    timeout: float = 240,
+) -> Iterator[str]:  # fmt: skip
+    """``mlflow server`` on a free loopback port with its runs in ``backend_uri`` (passed
+    as $MLFLOW_BACKEND_STORE_URI, so its password is not on the command line) and its
+    artifacts proxied to ``artifacts_destination`` (``env``: the S3 credentials and
+    $MLFLOW_S3_ENDPOINT_URL). Yields the tracking URI. One worker: a 2-core machine."""
+    import httpx
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    uri = f"http://{LOOPBACK}:{port}"
+    proc = _popen(
+        [str(BIN / "mlflow"), "server", "--artifacts-destination", artifacts_destination,
+         "--host", LOOPBACK, "--port", str(port), "--workers", "1"],
+        log_dir, "mlflow-server",
+        service_env(MLFLOW_BACKEND_STORE_URI=backend_uri, **env),
+        cwd=log_dir,
+    )  # fmt: skip
+    try:
+
+        def up() -> bool:
+            return httpx.get(f"{uri}/health", timeout=3).status_code == 200
+
+        try:  # a first start migrates the Postgres schema (slow on a loaded machine)
+            wait_for(up, timeout, f"MLflow server at {uri}", proc)
+        except (RuntimeError, TimeoutError) as err:
+            raise RuntimeError(f"{err}\n{_tail(log_dir, 'mlflow-server')}") from None
+        yield uri
+    finally:
+        stop_group(proc, timeout=2)  # its state is in Postgres and S3
