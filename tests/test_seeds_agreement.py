@@ -175,3 +175,11 @@ def test_agreement_on_the_all_labels_task_and_the_demo_names_the_sets_it_skips(t
     assert (
         "ovml agreement demo" in said and "9 cells" in said
     )  # method, reference, baseline x 3 seeds
+    assert "on toyworld" in " ".join(said.split()) and "none run by the demo" in said
+    # a set on the demo's own dataset reuses the demo's cells and says so
+    agreement["again"] = copy.deepcopy(agreement["demo"])
+    p = _params(tmp_path, agreement=agreement, demo_agreement=["demo"])
+    _print_other_agreements(p)
+    said = " ".join(capsys.readouterr().out.split())
+    assert "ovml agreement again" in said and "the demo reuses the ones it has" in said
+    assert "ovml agreement demo`" not in said
