@@ -100,6 +100,11 @@ def main() -> None:
     zs = (F.normalize(test.global_.float(), dim=-1) @ t.T).numpy()
     ref = m_ap(zs, seen)
     rnd = np.random.default_rng(0).random(zs.shape).astype(np.float32)
+    # the cells first: a wrong name fails before minutes of probes, not after
+    loaded = [(cell, cell_scores_of(p, args.dataset, cell)) for cell in args.cells]
+    cell_scores: dict[str, list[np.ndarray]] = {}
+    for cell, s in loaded:
+        cell_scores.setdefault(cell.partition("@")[0], []).append(s)
     rows = [
         ("random scores", f"{m_ap(rnd, seen):.1f}", f"{m_ap(rnd, unseen):.1f}", "—"),
         ("zero-shot (prompt pool)", f"{ref:.1f}", f"{m_ap(zs, unseen):.1f}", "1.00"),
@@ -130,12 +135,7 @@ def main() -> None:
                     f"{mean / ref:.2f}",
                 )
             )
-    cell_scores: dict[str, list[np.ndarray]] = {}
-    for cell in args.cells:
-        variant, seed = cell.split("@")
-        path = p.path("results") / "cells" / args.dataset / f"{variant}@{seed}" / "scores.npz"
-        s = load_npz(path)["scores"]
-        cell_scores.setdefault(variant, []).append(s)
+    for cell, s in loaded:
         rows.append(
             (cell, f"{m_ap(s, seen):.1f}", f"{m_ap(s, unseen):.1f}", f"{m_ap(s, seen) / ref:.2f}")
         )
@@ -154,6 +154,15 @@ def main() -> None:
 
 
 BANDS = ((1, 10), (10, 50), (50, None))
+
+
+def cell_scores_of(p, dataset: str, cell: str) -> np.ndarray:
+    """A cell's test scores; ``cell`` is a variant (``qks-icon``) or a seeded cell
+    (``qks-icon@s0``), as ``ovml list`` names them."""
+    path = p.path("results") / "cells" / dataset / cell / "scores.npz"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no scores for cell {cell!r} (run `ovml run {dataset} {cell}`)")
+    return load_npz(path)["scores"]
 
 
 def print_frequency_bands(
