@@ -58,6 +58,18 @@ TINY_PARAMS = {
 }
 
 
+def dvc_binary() -> str:
+    """The dvc tool (`make dvc-tool` installs it with uv); a failure in CI, a skip elsewhere."""
+    import shutil
+
+    found = shutil.which("dvc") or str(Path.home() / ".local/bin/dvc")
+    if not Path(found).exists():
+        if os.environ.get("CI"):
+            pytest.fail("dvc is not installed (make test installs it as a uv tool)")
+        pytest.skip("dvc not installed; run `make dvc-tool`")
+    return found
+
+
 def write_params(root: Path, params: dict) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     path = root / "params.yaml"

@@ -235,6 +235,25 @@ def _tail(log_dir: Path, name: str, n: int = 3000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else ""
 
 
+def wait_service(
+    up: Callable[[], bool], timeout: float, what: str, proc, log_dir: Path, log: str
+) -> None:
+    """``wait_for`` a started service; a failure carries the tail of its log. ``up`` may
+    raise ServiceError (pipelines/services.py) for "not yet"."""
+    from pipelines.services import ServiceError
+
+    def ready() -> bool:
+        try:
+            return up()
+        except ServiceError:  # a RuntimeError, which wait_for would pass on
+            return False
+
+    try:
+        wait_for(ready, timeout, what, proc)
+    except (RuntimeError, TimeoutError) as err:
+        raise RuntimeError(f"{err}\n{_tail(log_dir, log)}") from None
+
+
 def pg_bin() -> Path:
     """Debian's Postgres binaries (`make postgres` installs the package)."""
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
@@ -304,19 +323,13 @@ def postgres(
         log_dir, "postgres", env,
     )  # fmt: skip
     try:
-        from pipelines.services import ServiceError, check_postgres
+        from pipelines.services import check_postgres
 
         def up() -> bool:
-            try:
-                check_postgres(pw.url("postgres"), timeout=3)
-            except ServiceError:  # a RuntimeError, which wait_for passes on
-                return False
+            check_postgres(pw.url("postgres"), timeout=3)
             return True
 
-        try:
-            wait_for(up, timeout, f"Postgres at {LOOPBACK}:{pw.port}", proc)
-        except (RuntimeError, TimeoutError) as err:
-            raise RuntimeError(f"{err}\n{_tail(log_dir, 'postgres')}") from None
+        wait_service(up, timeout, f"Postgres at {LOOPBACK}:{pw.port}", proc, log_dir, "postgres")
         if databases:
             conn = psycopg2.connect(pw.url("postgres"), connect_timeout=10)
             conn.autocommit = True
@@ -378,20 +391,14 @@ def s3_server(log_dir: Path, bucket: str = "ovml", timeout: float = 60) -> Itera
     proc = _popen([str(BIN / "moto_server"), "-H", LOOPBACK, "-p", str(port)], log_dir, "moto", env)
     try:
         server = S3Server(f"http://{LOOPBACK}:{port}", bucket, {k: env[k] for k in s3_env()})
-        from pipelines.services import ServiceError, check_s3
+        from pipelines.services import check_s3
 
         def up() -> bool:
-            try:
-                with _env(server.env):
-                    check_s3(server.endpoint, timeout=3)
-            except ServiceError:
-                return False
+            with _env(server.env):
+                check_s3(server.endpoint, timeout=3)
             return True
 
-        try:
-            wait_for(up, timeout, f"S3 server at {server.endpoint}", proc)
-        except (RuntimeError, TimeoutError) as err:
-            raise RuntimeError(f"{err}\n{_tail(log_dir, 'moto')}") from None
+        wait_service(up, timeout, f"S3 server at {server.endpoint}", proc, log_dir, "moto")
         server.client().create_bucket(Bucket=bucket)
         yield server
     finally:
@@ -438,10 +445,8 @@ def mlflow_server(
         def up() -> bool:
             return httpx.get(f"{uri}/health", timeout=3).status_code == 200
 
-        try:  # a first start migrates the Postgres schema (slow on a loaded machine)
-            wait_for(up, timeout, f"MLflow server at {uri}", proc)
-        except (RuntimeError, TimeoutError) as err:
-            raise RuntimeError(f"{err}\n{_tail(log_dir, 'mlflow-server')}") from None
+        # a first start migrates the Postgres schema (slow on a loaded machine)
+        wait_service(up, timeout, f"MLflow server at {uri}", proc, log_dir, "mlflow-server")
         yield uri
     finally:
         stop_group(proc, timeout=2)  # its state is in Postgres and S3

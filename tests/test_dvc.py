@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,7 @@ import yaml
 
 from pipelines.config import load_params
 from pipelines.graph import STAMP, dvc_yaml
-from tests.conftest import REPO, TINY_PARAMS, write_params
-
-
-def _dvc() -> str:
-    found = shutil.which("dvc") or str(Path.home() / ".local/bin/dvc")
-    if not Path(found).exists():
-        if os.environ.get("CI"):
-            pytest.fail("dvc is not installed (make test installs it as a uv tool)")
-        pytest.skip("dvc not installed; run `make dvc-tool`")
-    return found
+from tests.conftest import REPO, TINY_PARAMS, dvc_binary, write_params
 
 
 def _repro(ws: Path, *targets: str) -> list[str]:
@@ -37,7 +27,12 @@ def _repro(ws: Path, *targets: str) -> list[str]:
     }
     env.pop("OVML_PARAMS")
     res = subprocess.run(
-        [_dvc(), "repro", *targets], cwd=ws, env=env, capture_output=True, text=True, timeout=600
+        [dvc_binary(), "repro", *targets],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert res.returncode == 0, res.stdout + res.stderr
     return re.findall(r"Running stage '([^']+)'", res.stdout)
@@ -54,7 +49,7 @@ def _dvc_workspace(ws: Path, params: dict, *, init: bool = True) -> Path:
 
 
 def _dvc_init(ws: Path) -> None:
-    subprocess.run([_dvc(), "init", "--no-scm", "-q"], cwd=ws, check=True, timeout=120)
+    subprocess.run([dvc_binary(), "init", "--no-scm", "-q"], cwd=ws, check=True, timeout=120)
 
 
 def _finished_at(ws: Path) -> dict[str, str]:
@@ -99,7 +94,7 @@ def test_dvc_repro_after_cli_and_dagster_runs_nothing(tmp_path, monkeypatch):
 
     ws = tmp_path / "ws"
     path = _dvc_workspace(ws, dict(TINY_PARAMS, tracking={"enabled": False}))
-    monkeypatch.setenv("OVML_DVC", _dvc())
+    monkeypatch.setenv("OVML_DVC", dvc_binary())
 
     res = CliRunner().invoke(app, ["table", "tiny", "--params", str(path)])
     assert res.exit_code == 0, res.output
@@ -242,7 +237,7 @@ def test_dvc_repro_is_incremental(tmp_path):
     write_params(ws, params)
     (ws / "pipelines").symlink_to(REPO / "pipelines")  # code deps are repo-relative paths
     (ws / "dvc.yaml").write_text(dvc_yaml(load_params(ws / "params.yaml")))
-    subprocess.run([_dvc(), "init", "--no-scm", "-q"], cwd=ws, check=True)
+    subprocess.run([dvc_binary(), "init", "--no-scm", "-q"], cwd=ws, check=True)
 
     first = _repro(ws)
     assert set(first) == set(yaml.safe_load((ws / "dvc.yaml").read_text())["stages"])

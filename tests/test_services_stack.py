@@ -12,8 +12,6 @@ output or log."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import yaml
 
 from pipelines.config import load_params
 from pipelines.graph import STAMP, dvc_yaml
-from tests.conftest import REPO, TINY_PARAMS, write_params
+from tests.conftest import REPO, TINY_PARAMS, dvc_binary, write_params
 from tests.services import BIN, mlflow_server, postgres, s3_server, service_env
 
 pytestmark = pytest.mark.slow
@@ -37,15 +35,6 @@ GIT_ID = {
 }
 
 
-def _dvc() -> str:
-    found = shutil.which("dvc") or str(Path.home() / ".local/bin/dvc")
-    if not Path(found).exists():
-        if os.environ.get("CI"):
-            pytest.fail("dvc is not installed (make test installs it as a uv tool)")
-        pytest.skip("dvc not installed; run `make dvc-tool`")
-    return found
-
-
 class Stack:
     def __init__(self, pg, s3, tracking_uri: str, log_dir: Path):
         self.pg, self.s3, self.tracking_uri, self.log_dir = pg, s3, tracking_uri, log_dir
@@ -56,7 +45,7 @@ class Stack:
         return [self.pg.password, self.s3.env["AWS_SECRET_ACCESS_KEY"]]
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = service_env(**self.s3.env, **GIT_ID, OVML_DVC=_dvc(), TQDM_DISABLE="1", **extra)
+        env = service_env(**self.s3.env, **GIT_ID, OVML_DVC=dvc_binary(), TQDM_DISABLE="1", **extra)
         env.pop("OVML_PARAMS", None)
         env.pop("MLFLOW_TRACKING_URI", None)  # params.yaml's tracking.uri decides
         return env
@@ -147,7 +136,7 @@ def demo_run(stack, tmp_path_factory):
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump(_dagster_yaml(stack)))
     stack.run(["git", "init", "-q", "-b", "main"], ws)
-    stack.run([_dvc(), "init", "-q"], ws)
+    stack.run([dvc_binary(), "init", "-q"], ws)
     stack.run(["git", "add", "-A"], ws)
     stack.run(["git", "commit", "-q", "-m", "workspace"], ws)
 
@@ -210,7 +199,7 @@ def test_demo_through_mlflow_server_and_dagster_on_postgres(stack, demo_run):
 
 def test_dvc_push_clone_pull_repro_recomputes_nothing(stack, demo_run, tmp_path):
     ws, _ = demo_run
-    dvc = _dvc()
+    dvc = dvc_binary()
     stack.run([dvc, "remote", "add", "-d", "s3", f"s3://{BUCKET}/dvc"], ws)
     stack.run([dvc, "remote", "modify", "s3", "endpointurl", stack.s3.endpoint], ws)
     out = stack.run([str(BIN / "ovml"), "dvc-commit", "--params", "params.yaml"], ws)
