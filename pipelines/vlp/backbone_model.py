@@ -175,11 +175,9 @@ class Backbone:
 
 def hf_pad_token_id(model) -> int | None:
     """The pad id of an open_clip ``HFTextEncoder`` tower (right-padded ids), else None."""
-    text = getattr(model, "text", None)
-    config = getattr(text, "config", None)
-    if config is None or not hasattr(text, "pooler"):
-        return None
-    return getattr(config, "pad_token_id", None)
+    from pipelines.vlp.text_embeds import is_hf_text
+
+    return model.text.config.pad_token_id if is_hf_text(model) else None
 
 
 def resnet_tokens(visual, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
